@@ -58,6 +58,9 @@ MAX_LABEL_ERROR = {"teff": 200.0, "logg": 0.2, "m_h": 0.1, "alpha_m": 0.1}
 TWO_MASS_BAND_ERROR = 0.02  # mag, assumed (the library has no 2MASS errors)
 AK_PER_EBV = 0.306  # A_Ks / E(B-V)_SFD, Schlafly & Finkbeiner (2011) Table 6, R_V = 3.1
 MIN_AK = -0.05
+# The library's sampling: GaiaXPy's default grid, 336-1020 nm every 2 nm (343 samples).
+LIBRARY_SAMPLING_NM = np.linspace(336.0, 1020.0, 343)
+CHUNK = 4096
 MAX_AK = 3.0
 
 REQUIRED_COLUMNS = ("j", "h", "k", "ak_targ", "snr", "gaiaedr3_source_id", "gaiaedr3_phot_g_mean_mag",
@@ -201,12 +204,20 @@ def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float = s
     keep = _dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
                                 np.nan_to_num(np.asarray(columns["snr"], np.float64), nan=-np.inf))
     col = {k: np.asarray(v)[keep] for k, v in columns.items()}
-    f64 = {k: v.astype(np.float64) for k, v in col.items() if k not in ("gaiaedr3_source_id",)}
+    f64 = {k: v.astype(np.float64) for k, v in col.items() if k not in ("gaiaedr3_source_id", "flux", "flux_error")}
     centres = schemas.xp_sampled_bin_centres() if grid is None else list(grid)
 
-    medflux = f64["medflux"][:, None]
     g_mag = clean_magnitude(f64["gaiaedr3_phot_g_mean_mag"])
-    tokens, token_err = flux_tokens(f64["flux"] * medflux, f64["flux_error"] * medflux, g_mag, centres, width_nm)
+    tokens, token_err = [], []
+    for lo in range(0, keep.size, CHUNK):  # chunks keep the float64 working copies small
+        rows = slice(lo, lo + CHUNK)
+        medflux = f64["medflux"][rows, None]
+        t, e = flux_tokens(col["flux"][rows].astype(np.float64) * medflux,
+                           col["flux_error"][rows].astype(np.float64) * medflux, g_mag[rows], centres, width_nm,
+                           sampling_nm=LIBRARY_SAMPLING_NM)
+        tokens.append(t)
+        token_err.append(e)
+    tokens, token_err = np.concatenate(tokens), np.concatenate(token_err)
     out = {schemas.flux_token_name(c): (tokens[:, k], token_err[:, k]) for k, c in enumerate(centres)}
 
     out["bprp"] = bprp_colour(f64["gaiaedr3_phot_bp_mean_mag"], f64["gaiaedr3_phot_rp_mean_mag"])
