@@ -274,3 +274,34 @@ def test_default_dataset_is_prepared_once_then_reused(tmp_path, monkeypatch, cap
     assert 3000 < np.nanmin(teff) and np.isfinite(teff).sum() == 27688
     summary = read_summary(path)["counts"]
     assert summary["all"]["stars"] == 39851 and summary["all"]["with_xp"] == 39851
+
+
+def test_library_table_with_missing_columns_or_no_rows_is_refused(tmp_path):
+    from astropy.io import fits
+
+    columns = [fits.Column(name=c, format="E", array=np.zeros(2)) for c in library.REQUIRED_COLUMNS
+               if c not in ("teff", "flux", "flux_error", "gaiaedr3_source_id")]
+    fits.BinTableHDU.from_columns(columns).writeto(tmp_path / "partial.fits")
+    with pytest.raises(ValueError, match=r"missing columns \['gaiaedr3_source_id', 'teff', 'flux', 'flux_error'\]"):
+        library.read_library(tmp_path / "partial.fits", expected_sha256=None)
+    full = [fits.Column(name=c, format="343E" if c.startswith("flux") else "K" if c.endswith("_id") else "E",
+                        array=np.zeros((0, 343)) if c.startswith("flux") else np.zeros(0))
+            for c in library.REQUIRED_COLUMNS]
+    fits.BinTableHDU.from_columns(full).writeto(tmp_path / "empty.fits")
+    with pytest.raises(ValueError, match="the library table has no rows"):
+        library.read_library(tmp_path / "empty.fits", expected_sha256=None)
+
+
+def test_user_schemas_round_trip_but_shipped_schemas_check_their_names(tmp_path):
+    cat = _catalogue()
+    ds = build_dataset(cat)
+    from stellarfm_jax.data.dataset import Dataset
+    from stellarfm_jax.vocab import Vocabulary
+
+    custom = Vocabulary(("a", "b", "c"), ds.vocab.centre, ds.vocab.scale, ("a",), ("other",) * 3, "mine")
+    back = read_dataset(write_dataset(tmp_path / "mine.h5", Dataset(custom, ds.train, ds.val, ds.test)))
+    assert back.vocab.names == ("a", "b", "c") and back.vocab.schema == "mine"
+    wrong = Vocabulary(("a", "b", "c"), ds.vocab.centre, ds.vocab.scale, ("a",), ("other",) * 3, "paper")
+    write_dataset(tmp_path / "wrong.h5", Dataset(wrong, ds.train, ds.val, ds.test))
+    with pytest.raises(DatasetFormatError, match=r"token names not in the paper schema: \['a', 'b', 'c'\]"):
+        read_dataset(tmp_path / "wrong.h5")
