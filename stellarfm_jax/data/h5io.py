@@ -32,6 +32,12 @@ class DatasetFormatError(ValueError):
     """A file that is not a valid stellarfm_jax data set (the message says what is wrong)."""
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file to ``path``; on any error remove it, so nothing
     half-written is left behind."""
@@ -41,6 +47,7 @@ def atomic_write(path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

