@@ -46,6 +46,7 @@ PAPER_V = 118
 SMALL = ModelConfig(embedding_dim=32, encoder_heads=4, encoder_dense=96, decoder_heads=8, decoder_dense=200,
                     dropout=0.2, context_length=20)
 SMALL_V = 23
+N_STARS = 5  # one batch shape for all parity cases: fewer compilations on a small CPU
 # Block counts other than the original's 2 + 3 (the table is generic; the original code is not).
 DEEP = dataclasses.replace(SMALL, encoder_blocks=3, decoder_blocks=4)
 
@@ -186,8 +187,8 @@ def test_parity_full_contexts(pairs, name, n_requests):
     pair = pairs(name)
     rng = np.random.default_rng(100 + n_requests)
     length = min(64, pair.vocab_size)
-    values, tokens = random_stars(rng, 4, length, pair.vocab_size)
-    requests = rng.integers(1, pair.vocab_size + 1, (4, n_requests))
+    values, tokens = random_stars(rng, N_STARS, length, pair.vocab_size)
+    requests = rng.integers(1, pair.vocab_size + 1, (N_STARS, n_requests))
     pair.check(f"{name} full L={length} R={n_requests}", values, tokens, requests)
 
 
@@ -197,8 +198,8 @@ def test_parity_padding_and_all_padding_star(pairs, name):
     rng = np.random.default_rng(7)
     length = min(64, pair.vocab_size)
     # Star 0 full, 1-3 partly padded (padding scattered, junk values in padded slots), 4 all padding.
-    values, tokens = random_stars(rng, 5, length, pair.vocab_size, n_real=[length, length // 2, 5, 1, 0])
-    requests = rng.integers(1, pair.vocab_size + 1, (5, 3))
+    values, tokens = random_stars(rng, N_STARS, length, pair.vocab_size, n_real=[length, length // 2, 5, 1, 0])
+    requests = rng.integers(1, pair.vocab_size + 1, (N_STARS, 3))
     fm, fl = pair.check(f"{name} padding + all-padding star", values, tokens, requests)
     # Junk in padded slots changes nothing (both sides), and the all-padding star is finite (prior).
     clean = np.where(tokens == 0, 0.0, values).astype(np.float32)
@@ -213,9 +214,9 @@ def test_parity_permuted_token_order(pairs, name):
     pair = pairs(name)
     rng = np.random.default_rng(8)
     length = min(64, pair.vocab_size)
-    values, tokens = random_stars(rng, 3, length, pair.vocab_size, n_real=[length, length - 4, 6])
-    requests = rng.integers(1, pair.vocab_size + 1, (3, 3))
-    perm = np.stack([rng.permutation(length) for _ in range(3)])
+    values, tokens = random_stars(rng, N_STARS, length, pair.vocab_size, n_real=[length, length - 4, 6, 2, length])
+    requests = rng.integers(1, pair.vocab_size + 1, (N_STARS, 3))
+    perm = np.stack([rng.permutation(length) for _ in range(N_STARS)])
     permuted = (np.take_along_axis(values, perm, 1), np.take_along_axis(tokens, perm, 1), requests)
     pair.check(f"{name} permuted order", values, tokens, requests, flax_inputs=permuted)
 
@@ -224,8 +225,8 @@ def test_parity_request_batching_equals_single_requests(pairs):
     """R requests in one call == R single-request calls (no attention among requests), against torch."""
     pair = pairs("small")
     rng = np.random.default_rng(9)
-    values, tokens = random_stars(rng, 3, 16, pair.vocab_size, n_real=[16, 9, 2])
-    requests = rng.integers(1, pair.vocab_size + 1, (3, 10))
+    values, tokens = random_stars(rng, N_STARS, SMALL_V, pair.vocab_size, n_real=[SMALL_V, 9, 2, 1, 0])
+    requests = rng.integers(1, pair.vocab_size + 1, (N_STARS, 10))
     fm, fl = pair.check("small R=10 batched", values, tokens, requests)
     for j in range(requests.shape[1]):
         tm, tl = pair.run_torch(values, tokens, requests[:, j : j + 1])
@@ -237,8 +238,8 @@ def test_parity_other_block_counts(pairs):
     """The table follows ModelConfig's block counts (3 encoder, 4 decoder blocks here)."""
     pair = pairs("deep")
     rng = np.random.default_rng(10)
-    values, tokens = random_stars(rng, 4, 12, pair.vocab_size, n_real=[12, 7, 1, 0])
-    requests = rng.integers(1, pair.vocab_size + 1, (4, 3))
+    values, tokens = random_stars(rng, N_STARS, 12, pair.vocab_size, n_real=[12, 7, 1, 0, 12])
+    requests = rng.integers(1, pair.vocab_size + 1, (N_STARS, 3))
     pair.check("deep (3+4 blocks)", values, tokens, requests)
 
 
@@ -421,10 +422,12 @@ def test_export_round_trip_and_strict_load(pairs, ref, torch, name):
         np.testing.assert_array_equal(flat_again[path], flat[path], err_msg=path)
 
 
-def test_export_of_trained_flax_params_round_trips(ref, torch):
+def test_export_of_trained_flax_params_round_trips(pairs, ref, torch):
     """Starting from our own init (not from torch): ours -> torch -> ours exactly, and the original
     architecture computes the same predictions from the exported weights."""
-    params = jax.tree_util.tree_map(np.asarray, init_params(StellarPerceptron(SMALL, SMALL_V), jax.random.key(3)))
+    abstract = jax.eval_shape(lambda k: init_params(StellarPerceptron(SMALL, SMALL_V), k), jax.random.key(0))
+    rng = np.random.default_rng(3)
+    params = jax.tree_util.tree_map(lambda a: rng.normal(0.0, 0.2, a.shape).astype(np.float32), abstract)
     exported = export_state_dict(params, SMALL)
     back = convert_state_dict(exported, SMALL, SMALL_V)
     for path, value in flatten_params(params).items():
@@ -432,11 +435,11 @@ def test_export_of_trained_flax_params_round_trips(ref, torch):
     replica = ref.StellarPerceptronTorchModel.from_model_config(SMALL, SMALL_V).eval()
     replica.load_state_dict(exported, strict=True)
     rng = np.random.default_rng(4)
-    values, tokens = random_stars(rng, 3, 10, SMALL_V, n_real=[10, 3, 0])
-    requests = rng.integers(1, SMALL_V + 1, (3, 3))
+    values, tokens = random_stars(rng, N_STARS, SMALL_V, SMALL_V, n_real=[SMALL_V, 10, 3, 1, 0])
+    requests = rng.integers(1, SMALL_V + 1, (N_STARS, 3))
     with torch.no_grad():
         tm, tl = replica(torch.from_numpy(values)[..., None], torch.from_numpy(tokens), torch.from_numpy(requests))
-    fm, fl = StellarPerceptron(SMALL, SMALL_V).apply({"params": params}, values, tokens, requests)
+    fm, fl = pairs("small").flax_forward(params, values, tokens.astype(np.int32), requests.astype(np.int32))
     np.testing.assert_allclose(np.asarray(fm), tm[..., 0].numpy(), rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(np.asarray(fl), tl[..., 0].numpy(), rtol=0, atol=TOLERANCE)
 
