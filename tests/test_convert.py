@@ -135,7 +135,8 @@ class Pair:
         return mean[..., 0].numpy(), logvar[..., 0].numpy()
 
     def run_flax(self, values, tokens, requests):
-        mean, logvar = self.flax_forward(self.params, values, tokens.astype(np.int32), requests.astype(np.int32))
+        with jax.default_matmul_precision("float32"):  # no TF32 on GPUs: parity is a float32 claim
+            mean, logvar = self.flax_forward(self.params, values, tokens.astype(np.int32), requests.astype(np.int32))
         return np.asarray(mean), np.asarray(logvar)
 
     def check(self, label, values, tokens, requests, flax_inputs=None):
@@ -439,7 +440,8 @@ def test_export_of_trained_flax_params_round_trips(pairs, ref, torch):
     requests = rng.integers(1, SMALL_V + 1, (N_STARS, 3))
     with torch.no_grad():
         tm, tl = replica(torch.from_numpy(values)[..., None], torch.from_numpy(tokens), torch.from_numpy(requests))
-    fm, fl = pairs("small").flax_forward(params, values, tokens.astype(np.int32), requests.astype(np.int32))
+    with jax.default_matmul_precision("float32"):
+        fm, fl = pairs("small").flax_forward(params, values, tokens.astype(np.int32), requests.astype(np.int32))
     np.testing.assert_allclose(np.asarray(fm), tm[..., 0].numpy(), rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(np.asarray(fl), tl[..., 0].numpy(), rtol=0, atol=TOLERANCE)
 
@@ -539,7 +541,8 @@ def test_converted_release_through_public_api(pairs, torch, tmp_path):
     physical[3, :] = np.nan  # a star with nothing measured: the prior
 
     model = inference.StellarModel.load(out)
-    result = model.perceive(physical, names).request(["teff", "logg", "m_h", "bp0"])
+    with jax.default_matmul_precision("float32"):
+        result = model.perceive(physical, names).request(["teff", "logg", "m_h", "bp0"])
 
     # The expectation, computed independently: standardise with config.json, NaN -> token 0, run the replica.
     z = np.where(np.isnan(physical), 0.0, (physical - mean[ids]) / std[ids]).astype(np.float32)
@@ -551,6 +554,8 @@ def test_converted_release_through_public_api(pairs, torch, tmp_path):
         expected = tm[:, j] * std[token] + mean[token]
         expected_error = np.sqrt(np.exp(tl[:, j].astype(np.float64))) * std[token]
         got, got_error = np.asarray(result[name]), np.asarray(result[f"{name}_error"])
+        print(f"\nparity[public API, {name}] max|d mean|/scale = {np.max(np.abs(got - expected)) / std[token]:.2e}, "
+              f"max|d logvar| = {np.max(np.abs(2 * np.log(got_error / std[token]) - tl[:, j])):.2e}")
         assert got.shape == (4,) and got.dtype == np.float64
         # 1e-5 in standardised units, i.e. scaled by the token's std in physical units.
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE * std[token], err_msg=name)
