@@ -29,7 +29,8 @@ class ModelConfig:
     decoder_blocks: int = 3
     dropout: float = 0.1
     context_length: int = 64
-    compute_dtype: str = "float32"  # "float32" or "bfloat16"; params always float32
+    # "float32" or "bfloat16" (params stay float32); "float64" only for numerical checks under jax.enable_x64.
+    compute_dtype: str = "float32"
 
     def encoder_block_shapes(self) -> list[tuple[int, int]]:
         """(heads, dense) of each encoder block."""
@@ -54,7 +55,7 @@ class ModelConfig:
                 )
             if dense < 1:
                 raise ValueError(f"model.{name}_dense is too small for its halving rule (got {dense})")
-        if self.compute_dtype not in ("float32", "bfloat16"):
+        if self.compute_dtype not in ("float32", "bfloat16", "float64"):
             raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")

@@ -62,7 +62,7 @@ class NonLinearEmbedding(nn.Module):
 
     def embed_inputs(self, values, tokens):
         """values [B, T] float, tokens [B, T] int -> [B, T, D] float32."""
-        return gelu(self.embeddings[tokens] * values[..., None].astype(jnp.float32) + self.bias[tokens])
+        return gelu(self.embeddings[tokens] * values[..., None].astype(self.embeddings.dtype) + self.bias[tokens])
 
     def embed_requests(self, tokens):
         """tokens [B, R] int -> [B, R, D] (raw rows of W)."""
@@ -108,7 +108,9 @@ class BiasKVAttention(nn.Module):
         v = jnp.concatenate([v, jnp.broadcast_to(bias_v.astype(dt), (batch, 1, h, d))], axis=1)
         mask = jnp.concatenate([key_mask, jnp.ones((batch, 1), bool)], axis=1)  # bias slot always attendable
 
-        logits = jnp.einsum("blhk,bshk->bhls", q * (1.0 / math.sqrt(d)), k).astype(jnp.float32)
+        # Softmax in at least float32 whatever the compute dtype.
+        logits = jnp.einsum("blhk,bshk->bhls", q * (1.0 / math.sqrt(d)), k)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
         logits = jnp.where(mask[:, None, None, :], logits, -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1)  # [B, h, L, S+1], float32
         self.sow("intermediates", "attention_weights", weights)
@@ -182,8 +184,9 @@ class StellarPerceptron(nn.Module):
             x = block(x, perception, key_mask, deterministic)
         for dense in self.head:
             x = self.head_dropout(gelu(dense(x)), deterministic=deterministic)
-        mean = self.mean_out(x)[..., 0].astype(jnp.float32)
-        logvar = self.logvar_out(x)[..., 0].astype(jnp.float32)
+        out_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        mean = self.mean_out(x)[..., 0].astype(out_dtype)
+        logvar = self.logvar_out(x)[..., 0].astype(out_dtype)
         return mean, logvar
 
     def __call__(self, values, tokens, requests, deterministic: bool = True):
@@ -195,7 +198,8 @@ def init_params(model: StellarPerceptron, key) -> dict:
     """Float32 parameters for ``model`` (shapes do not depend on T or R)."""
     values = jnp.zeros((1, 2), jnp.float32)
     tokens = jnp.ones((1, 2), jnp.int32)
-    return model.init({"params": key}, values, tokens, tokens[:, :1])["params"]
+    # Jitted: eager initialisation runs op by op (about 30 s for the paper config on a CPU).
+    return jax.jit(lambda k: model.init({"params": k}, values, tokens, tokens[:, :1])["params"])(key)
 
 
 def count_params(params) -> int:
