@@ -50,13 +50,25 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state):
         """(epoch, state, record) from the newest readable checkpoint, or None if there is none."""
+        unreadable = []
         for epoch in reversed(self.steps()):
             try:
-                return (epoch, *self.restore(epoch, abstract_state))
+                restored = (epoch, *self.restore(epoch, abstract_state))
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
                 self.log(f"checkpoint for epoch {epoch} in {self.directory} is unreadable "
                          f"({type(err).__name__}: {str(err)[:200]}); falling back to the previous one")
+                unreadable.append(epoch)
+                continue
+            self._discard(unreadable)
+            return restored
+        self._discard(unreadable)
         return None
+
+    def _discard(self, epochs) -> None:
+        """Remove unreadable checkpoints so that training can save those epochs again."""
+        for epoch in epochs:
+            self.manager.delete(epoch)
+            self.log(f"removed the unreadable checkpoint for epoch {epoch}")
 
     def restore(self, epoch: int, abstract_state):
         restored = self.manager.restore(

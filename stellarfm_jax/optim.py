@@ -13,8 +13,10 @@ def sgdr_learning_rate(epoch, base_lr: float, min_lr: float, period_epochs: int)
     """torch CosineAnnealingWarmRestarts(T_0=period, T_mult=1, eta_min=min_lr) stepped once per epoch:
     lr(e) = min_lr + (base_lr - min_lr) * (1 + cos(pi * (e mod T_0) / T_0)) / 2. Valid for any epoch
     (restarts never run out, unlike optax.sgdr_schedule's finite list of cycles)."""
-    phase = jnp.mod(epoch, period_epochs) / period_epochs
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * phase))
+    # (1 + cos(pi m / T)) / 2 = sin^2(pi (T - m) / (2T)): no cancellation near the end of a cycle,
+    # where float32 "1 + cos" would lose three digits of the (tiny) learning rate.
+    remaining = period_epochs - jnp.mod(epoch, period_epochs)
+    return min_lr + (base_lr - min_lr) * jnp.square(jnp.sin(jnp.pi * remaining / (2 * period_epochs)))
 
 
 def sgdr_staircase(base_lr: float, min_lr: float, period_epochs: int, steps_per_epoch: int):

@@ -1,0 +1,187 @@
+"""Training end to end: it learns, resumes exactly, survives a corrupted checkpoint, runs in bf16,
+and the CLI behaves (DESIGN §4; issue #2)."""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from stellarfm_jax.config import apply_overrides, load_config
+from stellarfm_jax.data import write_dataset
+from stellarfm_jax.nn import StellarPerceptron
+from stellarfm_jax.saved_model import load_model
+from stellarfm_jax.steps import make_predict
+from stellarfm_jax.synthetic import make_synthetic_dataset
+from stellarfm_jax.train import fit, label_metrics
+
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_synthetic_dataset(6000, seed=0)
+
+
+def tiny(*overrides):
+    return apply_overrides(load_config("tiny"), list(overrides))
+
+
+def test_it_learns_a_held_out_token_with_calibrated_errors(synthetic):
+    """teff predicted from the other tokens: scatter < 30% of its spread, robust z std in [0.7, 1.4]."""
+    cfg = tiny("train.epochs=20", "train.eval_every_epochs=100")
+    result = fit(cfg, synthetic, **QUIET)
+    model = StellarPerceptron(cfg.model, synthetic.vocab.size)
+    inputs = [n for n in synthetic.vocab.names if n != "teff"][: cfg.model.context_length]
+    m = label_metrics(make_predict(model, 256), result.params, synthetic.vocab, synthetic.test.values,
+                      synthetic.test.errors, inputs, ["teff"])
+    spread = np.nanstd(synthetic.test.values[:, synthetic.vocab.token_id("teff") - 1])
+    print(f"teff scatter / spread = {m['teff_scatter'] / spread:.3f}, robust z std = {m['teff_z_std']:.3f}")
+    assert m["teff_scatter"] < 0.3 * spread
+    assert 0.7 <= m["teff_z_std"] <= 1.4
+
+
+def _params_close(a, b, atol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_resume_equals_uninterrupted_run_and_skips_a_corrupted_checkpoint(tmp_path):
+    data = make_synthetic_dataset(1200, seed=1)
+    full = fit(tiny("train.epochs=4"), data, workdir=tmp_path / "full", **QUIET)
+    # Stop after epoch 2, resume to 4.
+    fit(tiny("train.epochs=2"), data, workdir=tmp_path / "resumed", **QUIET)
+    resumed = fit(tiny("train.epochs=4"), data, workdir=tmp_path / "resumed", **QUIET)
+    _params_close(full.params, resumed.params, atol=1e-6)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in full.history], rtol=1e-6)
+
+    # A corrupted latest checkpoint: the previous one is used, with a message, and training catches up.
+    work = tmp_path / "corrupt"
+    fit(tiny("train.epochs=3"), data, workdir=work, **QUIET)
+    for f in (work / "checkpoints" / "3" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    messages = []
+    recovered = fit(tiny("train.epochs=4"), data, workdir=work, log=messages.append)
+    assert any("epoch 3" in m and "unreadable" in m for m in messages), messages
+    assert any("resuming from the checkpoint after epoch 2" in m for m in messages), messages
+    _params_close(full.params, recovered.params, atol=1e-6)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    data = make_synthetic_dataset(600, seed=2)
+    fit(tiny("train.epochs=1"), data, workdir=tmp_path, **QUIET)
+    with pytest.raises(ValueError, match="model.embedding_dim"):
+        fit(tiny("train.epochs=2", "model.embedding_dim=32"), data, workdir=tmp_path, **QUIET)
+
+
+def test_bfloat16_training_on_cpu(synthetic):
+    cfg = tiny("train.epochs=2", "model.compute_dtype=bfloat16")
+    result = fit(cfg, synthetic, **QUIET)
+    assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(result.params))
+    f32 = fit(tiny("train.epochs=2"), synthetic, **QUIET)
+    # Same seed, same batches: the two runs stay close (bf16 rounding only).
+    assert abs(result.history[-1]["val_loss"] - f32.history[-1]["val_loss"]) < 0.1
+
+
+def test_data_parallel_step_equals_single_device_step():
+    """Run in a subprocess with 4 virtual CPU devices (the flag must be set before JAX starts)."""
+    code = r"""
+import jax, numpy as np
+from stellarfm_jax.config import apply_overrides, load_config
+from stellarfm_jax.synthetic import make_synthetic_dataset
+from stellarfm_jax.train import fit
+assert jax.device_count() == 4, jax.devices()
+data = make_synthetic_dataset(800, seed=3)
+single = fit(apply_overrides(load_config("tiny"), ["train.epochs=2"]), data, log=lambda *a: None)
+multi = fit(apply_overrides(load_config("tiny"), ["train.epochs=2", "train.data_parallel=true"]), data, log=lambda *a: None)
+diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+           zip(jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(multi.params)))
+print("max param diff", diff)
+assert diff < 1e-5, diff
+"""
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "stellarfm_jax.train", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_cli_smoke_and_bad_overrides(tmp_path):
+    data_file = write_dataset(tmp_path / "synthetic.h5", make_synthetic_dataset(800, seed=4))
+    work = tmp_path / "run"
+    out = _run_cli("--config", "tiny", "--workdir", str(work), "--data", str(data_file), "--set", "train.epochs=3",
+                   "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2, 3]
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and all("val_loss" in r for r in records)
+    assert (work / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((work / "config.json").read_text())["train"]["epochs"] == 3
+    params, mcfg, vocab, meta = load_model(work / "model")
+    assert mcfg == load_config("tiny").model and vocab.names[0] == "s0" and meta["epochs_trained"] == 3
+
+    bad_key = _run_cli("--config", "tiny", "--workdir", str(tmp_path / "x"), "--data", str(data_file),
+                       "--set", "train.epochz=3")
+    assert bad_key.returncode != 0 and "train.epochz" in bad_key.stderr
+    bad_value = _run_cli("--config", "tiny", "--workdir", str(tmp_path / "y"), "--data", str(data_file),
+                         "--set", "train.epochs=three")
+    assert bad_value.returncode != 0 and "train.epochs" in bad_value.stderr
+    assert not (tmp_path / "x" / "checkpoints").exists() and not (tmp_path / "y" / "checkpoints").exists()
+
+
+def test_bad_data_is_refused_before_training(tmp_path):
+    good = write_dataset(tmp_path / "good.h5", make_synthetic_dataset(400, seed=5))
+
+    def variant(name, edit):
+        path = tmp_path / name
+        shutil.copy(good, path)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    def wrong_shape(f):
+        del f["train/values"]
+        f["train/values"] = np.zeros((320, 7), np.float32)
+
+    def unknown_name(f):  # a file claiming the xp_sampled schema with a token that schema does not have
+        vocab = json.loads(f.attrs["vocabulary"])
+        names = __import__("stellarfm_jax.schemas", fromlist=["x"]).xp_sampled_names()
+        vocab["names"] = names[: len(vocab["names"]) - 1] + ["not_a_token"]
+        vocab["outputs"] = vocab["names"]
+        vocab["schema"] = "xp_sampled"
+        f.attrs["vocabulary"] = json.dumps(vocab)
+        f.attrs["token_names"] = vocab["names"]
+        f.attrs["schema"] = "xp_sampled"
+
+    def all_nan(f):
+        values = f["train/values"][...]
+        values[:, 3] = np.nan
+        del f["train/values"]
+        f["train/values"] = values
+
+    for name, edit, expected in [("shape.h5", wrong_shape, "expected"), ("names.h5", unknown_name, "not_a_token"),
+                                 ("nan.h5", all_nan, "s3")]:
+        out = _run_cli("--config", "tiny", "--workdir", str(tmp_path / name), "--data", str(variant(name, edit)))
+        assert out.returncode == 2, (name, out.stderr)
+        assert expected in out.stderr, (name, out.stderr)
+        assert not (tmp_path / name / "checkpoints").exists()
+
+    # The library checks too (for data built in memory).
+    data = make_synthetic_dataset(400, seed=6)
+    values = data.train.values.copy()
+    values[:, 2] = np.nan
+    broken = dataclasses.replace(data, train=dataclasses.replace(data.train, values=values))
+    with pytest.raises(ValueError, match="s2"):
+        fit(tiny(), broken, **QUIET)
