@@ -295,6 +295,35 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
     return TrainResult(params, vocab, mcfg, config, history, workdir)
 
 
+def export_checkpoint(workdir, out, epoch: int | None = None, log=print) -> pathlib.Path:
+    """Write the checkpoint of ``epoch`` (default: the best by the validation metric, else the latest) of a
+    training workdir as a saved-model directory ``out`` - e.g. to use a model while its run goes on."""
+    from .checkpoint import Checkpointer, abstract_like
+    from .vocab import Vocabulary
+
+    workdir = pathlib.Path(workdir)
+    config = Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    vocab = Vocabulary.load(workdir / "vocab.json")
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
+                                best_metric=config.train.best_metric, log=log)
+    steps = checkpointer.steps()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    epoch = epoch if epoch is not None else (checkpointer.best_step() or steps[-1])
+    if epoch not in steps:
+        raise ValueError(f"no checkpoint for epoch {epoch} in {workdir}; available: {steps}")
+    # The optimiser state's structure depends only on the params and the optimiser, not on the data size.
+    model = StellarPerceptron(config.model, vocab.size)
+    abstract = jax.eval_shape(
+        lambda key: TrainState.create(init_params(model, key), make_optimizer(config.train, 1)), jax.random.key(0))
+    state, _ = checkpointer.restore(epoch, abstract)
+    checkpointer.close()
+    history = _read_history(workdir / "metrics.jsonl", epoch)
+    meta = {"config": config.to_dict(), "epochs_trained": epoch, "exported_from": str(workdir),
+            "final_metrics": next((h for h in history if h["epoch"] == epoch), {})}
+    return save_model(out, jax.device_get(state.params), config.model, vocab, meta)
+
+
 # ----------------------------------------------------------------------------- CLI
 def load_training_data(config: Config, data_path: str | None) -> Dataset:
     """Our HDF5 file if given, else the embedded real data set (prepared and cached on first use)."""

@@ -19,7 +19,7 @@ from stellarfm_jax.nn import StellarPerceptron
 from stellarfm_jax.saved_model import load_model
 from stellarfm_jax.steps import make_predict
 from stellarfm_jax.synthetic import make_synthetic_dataset
-from stellarfm_jax.train import fit, label_metrics
+from stellarfm_jax.train import export_checkpoint, fit, label_metrics
 
 QUIET = dict(log=lambda *a: None)
 
@@ -131,6 +131,8 @@ def test_cli_smoke_and_bad_overrides(tmp_path):
     assert json.loads((work / "config.json").read_text())["train"]["epochs"] == 3
     params, mcfg, vocab, meta = load_model(work / "model")
     assert mcfg == load_config("tiny").model and vocab.names[0] == "s0" and meta["epochs_trained"] == 3
+    exported, *_ = load_model(export_checkpoint(work, tmp_path / "exported", epoch=3, log=lambda *a: None))
+    _params_close(exported, params, atol=0)
 
     bad_key = _run_cli("--config", "tiny", "--workdir", str(tmp_path / "x"), "--data", str(data_file),
                        "--set", "train.epochz=3")
