@@ -111,6 +111,16 @@ def check_training_data(dataset: Dataset, config: Config) -> None:
         raise ValueError("no token can be requested as an output (vocabulary outputs / train.output_weights)")
 
 
+def token_range(dataset: Dataset) -> dict:
+    """Per-token min / max over the training split (physical units; null where a token has no value), saved with
+    the model so that inference can flag inputs outside the training range."""
+    values = dataset.train.values.astype(np.float64)
+    has = np.isfinite(values).any(axis=0)
+    lo = np.where(has, np.nanmin(np.where(np.isfinite(values), values, np.inf), axis=0), np.nan)
+    hi = np.where(has, np.nanmax(np.where(np.isfinite(values), values, -np.inf), axis=0), np.nan)
+    return {"min": [None if np.isnan(x) else float(x) for x in lo], "max": [None if np.isnan(x) else float(x) for x in hi]}
+
+
 # ----------------------------------------------------------------------------- logging helpers
 def _write_loss_curve(history: list[dict], path: pathlib.Path) -> None:
     import matplotlib
@@ -221,6 +231,7 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
             _check_resume_config(json.loads(config_path.read_text()), config)
         config_path.write_text(config.to_json())
         vocab.save(workdir / "vocab.json")
+        (workdir / "token_range.json").write_text(json.dumps(token_range(dataset)))
         checkpointer = Checkpointer(workdir / "checkpoints", keep=tcfg.keep_checkpoints,
                                     best_metric=tcfg.best_metric, log=log)
         restored = checkpointer.restore_latest(abstract_like(state))
@@ -283,7 +294,7 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
     if workdir is not None:
         _write_loss_curve(history, workdir / "loss_curve.png")
         meta = {"config": config.to_dict(), "epochs_trained": tcfg.epochs, "provenance": dataset.provenance,
-                "final_metrics": history[-1] if history else {}}
+                "final_metrics": history[-1] if history else {}, "token_range": token_range(dataset)}
         save_model(workdir / "model", params, mcfg, vocab, meta)
         best = checkpointer.best_step()
         if best is not None and best != tcfg.epochs:
@@ -321,6 +332,8 @@ def export_checkpoint(workdir, out, epoch: int | None = None, log=print) -> path
     history = _read_history(workdir / "metrics.jsonl", epoch)
     meta = {"config": config.to_dict(), "epochs_trained": epoch, "exported_from": str(workdir),
             "final_metrics": next((h for h in history if h["epoch"] == epoch), {})}
+    if (workdir / "token_range.json").exists():
+        meta["token_range"] = json.loads((workdir / "token_range.json").read_text())
     return save_model(out, jax.device_get(state.params), config.model, vocab, meta)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stellarfm_jax.config import apply_overrides, load_config
-from stellarfm_jax.data import write_dataset
+from stellarfm_jax.data import read_dataset, write_dataset
 from stellarfm_jax.nn import StellarPerceptron
 from stellarfm_jax.saved_model import load_model
 from stellarfm_jax.steps import make_predict
@@ -131,6 +131,8 @@ def test_cli_smoke_and_bad_overrides(tmp_path):
     assert json.loads((work / "config.json").read_text())["train"]["epochs"] == 3
     params, mcfg, vocab, meta = load_model(work / "model")
     assert mcfg == load_config("tiny").model and vocab.names[0] == "s0" and meta["epochs_trained"] == 3
+    train_values = read_dataset(data_file).train.values
+    np.testing.assert_allclose(meta["token_range"]["max"], np.nanmax(train_values, axis=0), rtol=1e-6)
     exported, *_ = load_model(export_checkpoint(work, tmp_path / "exported", epoch=3, log=lambda *a: None))
     _params_close(exported, params, atol=0)
 
