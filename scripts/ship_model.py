@@ -1,0 +1,110 @@
+"""Ship a trained model inside the package: export a checkpoint of a training workdir to
+``stellarfm_jax/models/<name>/`` (saved-model format) and write its ``TRAINING.md``.
+
+    python scripts/ship_model.py --workdir runs/small                 # best checkpoint so far (interim if unfinished)
+    python scripts/ship_model.py --workdir runs/small --epoch 150     # a given checkpoint
+    python scripts/ship_model.py --workdir runs/gpu --trained-on "NVIDIA H200, bf16" --command "python -m ..."
+
+The model's metadata and TRAINING.md record the exact training command, the config, the data file's sha256
+(and the source file's), the epochs trained out of the planned epochs (``interim`` while the run is
+unfinished), the training time summed from ``metrics.jsonl``, where it was trained, and the final metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stellarfm_jax.data import default_dataset_path, read_dataset  # noqa: E402
+from stellarfm_jax.data.library import sha256_of  # noqa: E402
+from stellarfm_jax.saved_model import load_model, save_model  # noqa: E402
+from stellarfm_jax.train import export_checkpoint  # noqa: E402
+
+
+def training_markdown(meta: dict) -> str:
+    metrics = meta.get("final_metrics", {})
+    rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    status = (f"**INTERIM**: exported at epoch {meta['epochs_trained']} of {meta['epochs_planned']} while the run was "
+              "still going; replace it with the final one by running the same command when the run ends."
+              if meta["interim"] else f"Final: all {meta['epochs_planned']} planned epochs.")
+    return f"""# Shipped model `{meta['shipped_name']}`
+
+{status}
+
+- Training command: `{meta['training_command']}`
+- Trained on: {meta['trained_on']}
+- Epochs trained: {meta['epochs_trained']} of {meta['epochs_planned']} (training time summed over those epochs:
+  {meta['training_seconds'] / 3600:.2f} h)
+- Data file: `{meta['data_file']}`, sha256 `{meta['data_sha256']}`
+- Data source: {meta['data_source']}, sha256 `{meta['data_source_sha256']}`
+- Exported from `{meta['exported_from']}` on {meta['shipped_date']} with
+  `{meta['ship_command']}`
+- Load it with `stellarfm_jax.pretrained("{meta['shipped_name']}")`; evaluate it with
+  `python -m stellarfm_jax.evaluate --model {meta['shipped_name']} --out runs/eval_{meta['shipped_name']}`
+  (docs/evaluation.md holds the latest evaluation).
+
+## Metrics at the exported epoch (validation split, from metrics.jsonl)
+
+| metric | value |
+|---|---|
+{rows}
+
+## Config
+
+```json
+{json.dumps(meta['config'], indent=1)}
+```
+"""
+
+
+def ship(workdir, name: str = "small", epoch: int | None = None, data: str | None = None, command: str | None = None,
+         trained_on: str = "CPU (2 cores, float32)", dest=None) -> pathlib.Path:
+    workdir = pathlib.Path(workdir)
+    dest = pathlib.Path(dest) if dest else REPO / "stellarfm_jax" / "models" / name
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_checkpoint(workdir, pathlib.Path(tmp) / "model", epoch=epoch)
+        params, model_config, vocab, meta = load_model(exported)
+    config = meta["config"]
+    data_path = pathlib.Path(data or config["data"].get("path") or default_dataset_path(schema=config["data"]["schema"]))
+    provenance = read_dataset(data_path).provenance
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    planned = int(config["train"]["epochs"])
+    meta.update(
+        shipped_name=name, epochs_planned=planned, interim=meta["epochs_trained"] < planned,
+        training_command=command or f"python -m stellarfm_jax.train --config {config.get('name', 'small')} --workdir {workdir}",
+        trained_on=trained_on, data_file=data_path.name, data_sha256=sha256_of(data_path),
+        data_source=provenance.get("file", provenance.get("source")), data_source_sha256=provenance.get("source_sha256"),
+        training_seconds=float(sum(h.get("epoch_seconds", 0.0) for h in history if h["epoch"] <= meta["epochs_trained"])),
+        shipped_date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        ship_command="python scripts/ship_model.py " + " ".join(sys.argv[1:]),
+    )
+    save_model(dest, params, model_config, vocab, meta)
+    dest.chmod(0o755)  # the atomic save's temporary folder is private; a shipped model is package data
+    (dest / "TRAINING.md").write_text(training_markdown(meta))
+    return dest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/, metrics.jsonl)")
+    parser.add_argument("--name", default="small", help="shipped model name (folder under stellarfm_jax/models/)")
+    parser.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best by validation, else latest)")
+    parser.add_argument("--data", default=None, help="the HDF5 file trained on (default: the config's / the embedded set)")
+    parser.add_argument("--command", default=None, help="the exact training command (default: reconstructed from the config)")
+    parser.add_argument("--trained-on", default="CPU (2 cores, float32)", help="where it was trained")
+    args = parser.parse_args(argv)
+    dest = ship(args.workdir, args.name, args.epoch, args.data, args.command, args.trained_on)
+    meta = json.loads((dest / "model.json").read_text())["metadata"]
+    print(f"shipped {dest} (epoch {meta['epochs_trained']} of {meta['epochs_planned']}{', interim' if meta['interim'] else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
