@@ -123,13 +123,18 @@ def token_range(dataset: Dataset) -> dict:
 
 # ----------------------------------------------------------------------------- logging helpers
 def _write_loss_curve(history: list[dict], path: pathlib.Path) -> None:
+    # A bare Figure: no pyplot, so no global backend switch in the user's session.
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with matplotlib.rc_context({"text.usetex": False}):  # some packages (gaiaxpy) switch LaTeX on globally
+        fig = Figure(figsize=(6, 4))
+        _plot_history(fig.subplots(), [h["epoch"] for h in history], history)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
 
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+
+def _plot_history(ax, epochs, history) -> None:
     ax.plot(epochs, [h["loss"] for h in history], label="train loss")
     if any("val_loss" in h for h in history):
         ax.plot([h["epoch"] for h in history if "val_loss" in h], [h["val_loss"] for h in history if "val_loss" in h],
@@ -137,9 +142,6 @@ def _write_loss_curve(history: list[dict], path: pathlib.Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("Gaussian NLL (standardised)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _read_history(path: pathlib.Path, upto_epoch: int) -> list[dict]:

@@ -55,6 +55,9 @@ class XPCalibration:
 @functools.lru_cache(maxsize=1)
 def calibration() -> XPCalibration:
     """Load GaiaXPy's default calibration design matrices and merge weights (once per process)."""
+    import matplotlib
+
+    usetex = matplotlib.rcParams["text.usetex"]
     try:
         from gaiaxpy.core.config import load_xpmerge_from_xml, load_xpsampling_from_xml
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -62,6 +65,10 @@ def calibration() -> XPCalibration:
             "converting XP coefficients to sampled flux needs the 'gaiaxpy' package "
             "(pip install 'stellarfm_jax[data]' or pip install gaiaxpy)"
         ) from err
+    finally:
+        # Importing gaiaxpy sets matplotlib's text.usetex=True globally, which breaks every later figure on a
+        # machine without LaTeX: put the user's setting back.
+        matplotlib.rcParams["text.usetex"] = usetex
     wavelength, merge = load_xpmerge_from_xml()
     design = load_xpsampling_from_xml()
     cal = XPCalibration(
