@@ -189,3 +189,26 @@ def test_bad_data_is_refused_before_training(tmp_path):
     broken = dataclasses.replace(data, train=dataclasses.replace(data.train, values=values))
     with pytest.raises(ValueError, match="s2"):
         fit(tiny(), broken, **QUIET)
+
+
+def test_epoch_function_compiles_once_across_epochs():
+    """Epoch number and state are traced arguments: no retrace from one epoch to the next."""
+    from stellarfm_jax.optim import make_optimizer
+    from stellarfm_jax.nn import init_params
+    from stellarfm_jax.sampling import output_weight_vector, to_star_data
+    from stellarfm_jax.steps import make_train_epoch
+    from stellarfm_jax.train_state import TrainState
+
+    data = make_synthetic_dataset(300, seed=7)
+    cfg = tiny()
+    model = StellarPerceptron(cfg.model, data.vocab.size)
+    optimizer = make_optimizer(cfg.train, steps_per_epoch=3)
+    state = TrainState.create(init_params(model, jax.random.key(0)), optimizer)
+    epoch_fn = make_train_epoch(model, optimizer, batch_size=64, steps_per_epoch=3,
+                                output_weights=output_weight_vector(data.vocab), seed=0,
+                                sample_kwargs=dict(context_length=16, max_padding=8, num_outputs=1))
+    star_data = to_star_data(data.vocab, data.train.values, data.train.errors)
+    for epoch in range(3):
+        state, _ = epoch_fn(state, star_data, epoch)
+    assert int(state.step) == 9
+    assert epoch_fn._cache_size() == 1
