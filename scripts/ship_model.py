@@ -64,6 +64,25 @@ def training_markdown(meta: dict) -> str:
 """
 
 
+def training_command(config: dict, workdir) -> str:
+    """The ``python -m stellarfm_jax.train`` command that reproduces ``config``: the named config plus a
+    ``--set`` for every field that differs from it (or ``--config``-less fields when the name is unknown)."""
+    from stellarfm_jax.config import load_config
+
+    name = config.get("name", "small")
+    try:
+        base = json.loads(json.dumps(load_config(name).to_dict()))  # tuples -> lists, as in config.json
+    except (ValueError, FileNotFoundError, KeyError):
+        base = {}
+    sets = []
+    for section in ("model", "train", "data"):
+        for key, value in config.get(section, {}).items():
+            if base.get(section, {}).get(key) != value:
+                text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+                sets.append(f"--set {section}.{key}={text}")
+    return " ".join([f"python -m stellarfm_jax.train --config {name} --workdir {workdir}"] + sets)
+
+
 def ship(workdir, name: str = "small", epoch: int | None = None, data: str | None = None, command: str | None = None,
          trained_on: str = "CPU (2 cores, float32)", dest=None) -> pathlib.Path:
     workdir = pathlib.Path(workdir)
@@ -78,7 +97,7 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
     planned = int(config["train"]["epochs"])
     meta.update(
         shipped_name=name, epochs_planned=planned, interim=meta["epochs_trained"] < planned,
-        training_command=command or f"python -m stellarfm_jax.train --config {config.get('name', 'small')} --workdir {workdir}",
+        training_command=command or training_command(config, workdir),
         trained_on=trained_on, data_file=data_path.name, data_sha256=sha256_of(data_path),
         data_source=provenance.get("file", provenance.get("source")), data_source_sha256=provenance.get("source_sha256"),
         training_seconds=float(sum(h.get("epoch_seconds", 0.0) for h in history if h["epoch"] <= meta["epochs_trained"])),

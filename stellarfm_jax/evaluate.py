@@ -11,6 +11,7 @@ in about a minute): its numbers are not the report's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -223,6 +224,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="report folder (created)")
     parser.add_argument("--quick", action="store_true", help="a subset of stars and smaller experts (smoke test)")
     parser.add_argument("--no-xgboost", action="store_true", help="skip the XGBoost experts")
+    parser.add_argument("--max-stars", type=int, default=None, help="evaluate the first N stars of the split")
+    parser.add_argument("--xgb-threads", type=int, default=None,
+                        help="XGBoost threads (default 2; 1 is faster when another job holds a core)")
     args = parser.parse_args(argv)
     try:
         from . import data as data_lib
@@ -230,8 +234,14 @@ def main(argv=None) -> int:
         model = resolve_model(args.model)
         dataset = data_lib.read_dataset(args.data or data_lib.default_dataset_path(schema=model.vocab.schema))
         settings = EvalSettings.quick() if args.quick else EvalSettings()
+        changes = {}
         if args.no_xgboost:
-            settings = EvalSettings(**{**vars(settings), "xgboost": False})
+            changes["xgboost"] = False
+        if args.max_stars is not None:
+            changes["max_stars"] = args.max_stars
+        if args.xgb_threads is not None:
+            changes["xgb_params"] = settings.xgb_params + (("nthread", args.xgb_threads),)
+        settings = dataclasses.replace(settings, **changes)
         metrics = run_evaluation(model, dataset, args.split, args.out, settings)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -70,7 +70,8 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
     f = np.stack([res[n] for n in flux], axis=1).reshape(len(track), 1 + len(ebvs), len(flux))
     f0, fext = f[:, :1], f[:, 1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        relative = -2.5 * np.log10(fext / f0) / ebvs[None, :, None]  # [track, ebv, W]: (A_l - A_G) / E
+        # The reference "no extinction" is E(B-V) = exp(-7), the data's floor: difference against it.
+        relative = -2.5 * np.log10(fext / f0) / (ebvs - np.exp(NO_EXTINCTION_LOGEBV))[None, :, None]
     f99 = np.stack([f99_extinction(waves, e, r_v) / e for e in ebvs])  # [ebv, W]: A_l / E
     a_g = np.array([[synthetic_g_extinction(waves, f0[i, 0], f99[j] * e) / e for j, e in enumerate(ebvs)]
                     for i in range(len(track))])  # [track, ebv]: A_G / E from F99
