@@ -19,8 +19,8 @@ SPLIT_SEEDS = {"test": 0, "train": 1, "val": 2}
 # Trees need no feature scaling and take NaN (a token not given) natively. Up to ``num_boost_round`` rounds,
 # stopped early when the validation split's RMSE has not improved for ``early_stopping_rounds``.
 XGB_PARAMS = dict(
-    num_boost_round=2000, early_stopping_rounds=30, learning_rate=0.1, max_depth=6, min_child_weight=1.0,
-    subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, tree_method="hist", max_bin=128, nthread=2, seed=0,
+    num_boost_round=1000, early_stopping_rounds=20, learning_rate=0.2, max_depth=6, min_child_weight=1.0,
+    subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, tree_method="hist", max_bin=64, nthread=2, seed=0,
     objective="reg:squarederror",
 )
 
