@@ -85,6 +85,9 @@ class TrainConfig:
     best_metric: str = "val_loss"
     val_max_stars: int = 4096  # validation subset size (fixed, deterministic)
     data_parallel: bool = False  # shard the batch over all local devices (jax.sharding Mesh)
+    # > 1: stratify the random padding over the batch (each star's padding keeps its U{0..P-1} marginal)
+    # and run the model per bucket on the context slots that can hold real tokens (~35% fewer FLOPs for 4).
+    length_buckets: int = 1
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:
@@ -95,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"train.outputs_per_star must be >= 1, got {self.outputs_per_star}")
         if self.sgdr_period_epochs < 1:
             raise ValueError("train.sgdr_period_epochs must be >= 1")
+        if self.length_buckets < 1:
+            raise ValueError(f"train.length_buckets must be >= 1 (1 = off), got {self.length_buckets}")
         if self.best_metric not in ("val_loss", "label_scatter"):
             raise ValueError(f"train.best_metric must be 'val_loss' or 'label_scatter', got {self.best_metric!r}")
         for item in self.output_weights:

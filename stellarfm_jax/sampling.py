@@ -41,13 +41,15 @@ class Batch(NamedTuple):
 
 
 def sample_star_tokens(key, available, output_weights, *, context_length: int, max_padding: int,
-                       num_outputs: int, exclude_targets: bool = False):
+                       num_outputs: int, exclude_targets: bool = False, padding_stratum=None, num_strata: int = 1):
     """Choose the context slots and the requested tokens of one star.
 
     Args:
       key: PRNG key.
       available: bool [V], the star's non-missing tokens.
       output_weights: float [V], >= 0 sampling weight of each token as an output (0 = never requested).
+      padding_stratum, num_strata: optional stratified padding (see :func:`stratified_padding`); by
+        default the padding is drawn independently, ``p ~ U{0..max_padding-1}``.
     Returns:
       context_index [T] int32 (column index, meaningful where context_real), context_real [T] bool,
       output_index [R] int32, output_valid [R] bool.
@@ -71,18 +73,34 @@ def sample_star_tokens(key, available, output_weights, *, context_length: int, m
     if num_tokens < context_length:
         order = jnp.pad(order, (0, context_length - num_tokens))
     order = order[:context_length]
-    padding = jax.random.randint(k_pad, (), 0, max_padding)
+    if padding_stratum is None:
+        padding = jax.random.randint(k_pad, (), 0, max_padding)
+    else:
+        padding = stratified_padding(k_pad, padding_stratum, num_strata, max_padding)
     n_real = jnp.minimum(in_context.sum(), context_length - padding)
     context_real = jnp.arange(context_length) < n_real
     return order, context_real, output_index.astype(jnp.int32), output_valid
 
 
+def stratified_padding(key, stratum, num_strata: int, max_padding: int):
+    """Padding ``p = floor(P * (stratum + u) / num_strata)``, ``u ~ U[0, 1)``.
+
+    When the strata of a batch are a permutation of 0..num_strata-1 (and the batch rows are a random
+    permutation of the stars), each star's padding is still exactly ``U{0..P-1}`` - the paper's
+    marginal - but the batch's paddings are stratified instead of independent, so a star in stratum s
+    is known in advance to have ``p >= floor(P * s / num_strata)``. The train step uses that static bound
+    to drop context slots that can only hold padding (steps.length_buckets)."""
+    u = (stratum + jax.random.uniform(key, ())) / num_strata
+    return jnp.minimum(jnp.floor(max_padding * u).astype(jnp.int32), max_padding - 1)
+
+
 def sample_star(key, values, errors, available, output_weights, *, context_length: int, max_padding: int,
-                num_outputs: int, exclude_targets: bool = False) -> Batch:
+                num_outputs: int, exclude_targets: bool = False, padding_stratum=None, num_strata: int = 1) -> Batch:
     """One star's training example (see module docstring); values/errors/available are [V]."""
     index, real, out_index, out_valid = sample_star_tokens(
         key, available, output_weights, context_length=context_length, max_padding=max_padding,
-        num_outputs=num_outputs, exclude_targets=exclude_targets,
+        num_outputs=num_outputs, exclude_targets=exclude_targets, padding_stratum=padding_stratum,
+        num_strata=num_strata,
     )
     return Batch(
         values=jnp.where(real, values[index], 0.0),
@@ -94,11 +112,20 @@ def sample_star(key, values, errors, available, output_weights, *, context_lengt
     )
 
 
-def sample_batch(key, data: StarData, output_weights, **kwargs) -> Batch:
-    """vmap of :func:`sample_star` over the rows of ``data`` (one key per star)."""
+def sample_batch(key, data: StarData, output_weights, padding_strata=None, **kwargs) -> Batch:
+    """vmap of :func:`sample_star` over the rows of ``data`` (one key per star).
+
+    ``padding_strata``: optional int [B], a permutation of 0..B-1 giving each row's padding stratum
+    (:func:`stratified_padding`); None draws every star's padding independently (the original)."""
     keys = jax.random.split(key, data.values.shape[0])
-    return jax.vmap(lambda k, v, e, a: sample_star(k, v, e, a, output_weights, **kwargs))(
-        keys, data.values, data.errors, data.available
+    if padding_strata is None:
+        return jax.vmap(lambda k, v, e, a: sample_star(k, v, e, a, output_weights, **kwargs))(
+            keys, data.values, data.errors, data.available
+        )
+    num_strata = data.values.shape[0]
+    return jax.vmap(lambda k, v, e, a, s: sample_star(k, v, e, a, output_weights, padding_stratum=s,
+                                                      num_strata=num_strata, **kwargs))(
+        keys, data.values, data.errors, data.available, padding_strata
     )
 
 
