@@ -159,6 +159,12 @@ def render_report(m: dict) -> str:
              f"{' (interim)' if mm.get('interim') else ''}, from `{mm.get('exported_from')}`.", "",
              "Robust scatter σ = 1.4826 MAD of prediction - truth; z = (pred - truth) / sqrt(σ_model² + σ_label²).", "",
              "## Spectra → parameters: model vs XGBoost expert per input set", "", headline_table(m["headline"]), ""]
+    if "xgboost" in m:
+        xgb = m["xgboost"]
+        rounds = {k: {n: v["rounds"] for n, v in d.items()} for k, d in xgb["metrics"].items()}
+        lines += [f"XGBoost experts: {sum(len(r) for r in rounds.values())} boosters fitted in "
+                  f"{sum(xgb['fit_seconds'].values()):.0f} s; parameters `{json.dumps(xgb['params'])}`; "
+                  f"rounds kept: `{json.dumps(rounds)}`.", ""]
     lines += ["Input sets:", ""] + [f"- `{k}`: {v['title']} ({v['random_count'] or len(v['names'])} tokens)"
                                     for k, v in m["input_sets"].items()] + [""]
     lines += ["## The paper's central claim", "", "| set/label | model / XGBoost | must be below | pass |", "|---|---:|---:|---|"]

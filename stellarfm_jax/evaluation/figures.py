@@ -46,6 +46,7 @@ def label_residuals(model_result, expert_result, path, labels=("teff", "logg", "
             ax.text(0.02, 0.97, text, transform=ax.transAxes, va="top", fontsize=8)
             lim = 5 * m["scatter"] if np.isfinite(m["scatter"]) and m["scatter"] > 0 else 1
             ax.set_ylim(-lim, lim)
+            ax.set_xlim(*np.nanpercentile(arr["truth"][:, k], [0.5, 99.5]))
             ax.set_xlabel(f"{name} (APOGEE) {UNITS.get(name, '')}")
             ax.set_ylabel(f"Δ{name}" if j else f"{key}\nΔ{name}")
     return _save(fig, path)
