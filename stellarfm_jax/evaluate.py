@@ -72,10 +72,10 @@ def run_evaluation(model, dataset, split: str = "test", out=None, settings: Eval
     Returns the metrics dictionary (what metrics.json holds)."""
     t_start = time.perf_counter()
     vocab = model.vocab
-    if not vocab.equals(dataset.vocab):
-        if list(vocab.names) != list(dataset.vocab.names):
-            raise ValueError(f"the model's vocabulary ({vocab.schema}, {vocab.size} tokens) does not match the data set's "
-                             f"({dataset.vocab.schema}, {dataset.vocab.size} tokens)")
+    # Values are in physical units, so only the token names must match (each side standardises with its own).
+    if list(vocab.names) != list(dataset.vocab.names):
+        raise ValueError(f"the model's vocabulary ({vocab.schema}, {vocab.size} tokens) does not match the data set's "
+                         f"({dataset.vocab.schema}, {dataset.vocab.size} tokens)")
     data = dataset.split(split)
     if settings.max_stars is not None:
         data = data.subset(np.arange(min(settings.max_stars, len(data))))

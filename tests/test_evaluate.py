@@ -227,3 +227,12 @@ def test_evaluate_cli_rejects_a_missing_model(tmp_path, capsys):
 
     assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "no shipped model" in capsys.readouterr().err
+
+
+def test_run_evaluation_refuses_a_data_set_of_another_schema():
+    from stellarfm_jax import pretrained
+    from stellarfm_jax.evaluate import run_evaluation
+    from stellarfm_jax.synthetic import make_synthetic_dataset
+
+    with pytest.raises(ValueError, match="does not match the data set"):
+        run_evaluation(pretrained("small"), make_synthetic_dataset(200))
