@@ -2,8 +2,6 @@
 
 __version__ = "0.1.0"
 
-SHIPPED_MODELS = ("small",)
-
 
 def pretrained(name: str = "small"):
     """The model shipped inside the package (``stellarfm_jax/models/<name>/``, with its ``TRAINING.md``) as a
