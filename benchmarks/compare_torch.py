@@ -8,14 +8,17 @@ Training, per timed "epoch" of ``train_steps`` batches of the config's batch siz
 config in float32 - the original refuses mixed precision on a CPU - one output token per star as the
 original):
   * ours: the jitted epoch function of ``stellarfm_jax.steps`` (on-device shuffling and token sampling,
-    ``lax.scan`` over AdamW steps, state donated), with the paper's procedure ("train") and with
-    ``train.length_buckets=4`` ("train+bkt": stratified padding, padding-only context slots skipped);
+    ``lax.scan`` over AdamW steps, state donated): the paper's procedure with the whole batch in one
+    pass; the same with the gradient accumulated over micro-batches of 32 stars
+    (``train.micro_batch_size``, cache-sized on a CPU); and with ``train.length_buckets=4`` as well
+    (stratified padding, padding-only context slots skipped);
   * original: its per-epoch NumPy data path (row shuffle, per-star shuffle of the available tokens in a
     Python loop with lock-step RNGs, crop to the context, per-star random padding loop, weighted random
     output choice with ``np.random.rand``, epoch tensors built), then one eager torch step per batch
     (zero_grad, forward, robust MSE, backward, AdamW step, ``loss.item()``).
 Inference, N stars with 64 input tokens, 1 and 3 requested tokens:
-  * ours: the public API (``StellarModel.perceive(...).request(names)``: one fused encoder+decoder program);
+  * ours: the public API (``StellarModel.perceive(...).request(names)``: one fused encoder+decoder program),
+    with its default chunk of 1024 stars and with ``chunk_size=32`` (cache-sized on a CPU);
   * original: ``perceive`` (standardise, embed all, encoder in chunks of 1024 under inference_mode) then
     ``request`` decoding each requested token separately over chunks of 1024, de-standardised into a
     DataFrame (a dict when pandas is missing).
@@ -195,7 +198,8 @@ def summary(xs):
     return {"min": float(xs.min()), "median": float(np.median(xs)), "max": float(xs.max())}
 
 
-def bench_config(name: str, repeats: int, train_steps: int, infer_stars: int, buckets: int = 4, log=print) -> dict:
+def bench_config(name: str, repeats: int, train_steps: int, infer_stars: int, buckets: int = 4, micro: int = 32,
+                 infer_chunk: int = 32, log=print) -> dict:
     cfg = load_config(name)
     mcfg = dataclasses.replace(cfg.model, compute_dtype="float32")
     vocab = paper_vocabulary()
@@ -208,28 +212,26 @@ def bench_config(name: str, repeats: int, train_steps: int, infer_stars: int, bu
     model = StellarPerceptron(mcfg, vocab.size)
     optimizer = make_optimizer(cfg.train, train_steps)
     params = init_params(model, jax.random.key(0))
-    state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)  # donated: keep params intact
     data = StarData(jnp.asarray(np.nan_to_num(z)), jnp.asarray(np.nan_to_num(err)), jnp.asarray(available))
     weights = output_weight_vector(vocab)
     epoch_fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=train_steps,
                                 output_weights=weights, seed=0,
                                 sample_kwargs=dict(context_length=mcfg.context_length, max_padding=cfg.train.max_padding,
                                                    num_outputs=1))
-    t0 = time.perf_counter()
-    state, m = epoch_fn(state, data, 0)
-    float(m["loss"])
-    compile_s = time.perf_counter() - t0
-    # The same with train.length_buckets (stratified padding, padding-only context slots skipped).
-    bucket_fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=train_steps,
-                                 output_weights=weights, seed=0, num_buckets=buckets,
-                                 sample_kwargs=dict(context_length=mcfg.context_length,
-                                                    max_padding=cfg.train.max_padding, num_outputs=1))
-    bucket_state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
-    t0 = time.perf_counter()
-    bucket_state, m = bucket_fn(bucket_state, data, 0)
-    float(m["loss"])
-    bucket_compile_s = time.perf_counter() - t0
-    ours_model = StellarModel.from_params(jax.device_get(state.params), mcfg, vocab)
+    variants = {"train_ours": (1, 0), "train_ours_micro": (1, micro), "train_ours_buckets_micro": (buckets, micro)}
+    runs, compile_s = {}, {}
+    for key, (num_buckets, micro_batch) in variants.items():
+        fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=train_steps,
+                              output_weights=weights, seed=0, num_buckets=num_buckets, micro_batch_size=micro_batch,
+                              sample_kwargs=dict(context_length=mcfg.context_length,
+                                                 max_padding=cfg.train.max_padding, num_outputs=1))
+        st = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)  # donated: keep params intact
+        t0 = time.perf_counter()
+        st, m = fn(st, data, 0)
+        float(m["loss"])
+        compile_s[key] = time.perf_counter() - t0
+        runs[key] = [fn, st]
+    ours_model = StellarModel.from_params(jax.device_get(params), mcfg, vocab)
 
     # original
     torch.manual_seed(0)
@@ -242,62 +244,66 @@ def bench_config(name: str, repeats: int, train_steps: int, infer_stars: int, bu
     rng = np.random.default_rng(1)
     names = [f"bp{i}" for i in range(32)] + [f"rp{i}" for i in range(32)]  # 64 input tokens
     values = rng.normal(size=(infer_stars, 64)).astype(np.float32)
-    ours_model.perceive(values, names).request(REQUESTS)  # compile R=3 and R=1 programs
-    ours_model.perceive(values, names).request(REQUESTS[:1])
+    for chunk in (1024, infer_chunk):  # compile the R=3 and R=1 programs
+        ours_model.perceive(values, names, chunk_size=chunk).request(REQUESTS)
+        ours_model.perceive(values, names, chunk_size=chunk).request(REQUESTS[:1])
 
-    rows = {k: [] for k in ("train_ours", "train_ours_buckets", "train_original", "infer_R1_ours", "infer_R1_original",
-                            "infer_R3_ours", "infer_R3_original")}
+    rows = {k: [] for k in (*variants, "train_original", "infer_R1_ours", "infer_R1_ours_chunk", "infer_R1_original",
+                            "infer_R3_ours", "infer_R3_ours_chunk", "infer_R3_original")}
     epoch = 1
     for rep in range(repeats):
-        def ours_train():
-            nonlocal state
-            s, metrics = epoch_fn(state, data, epoch)
-            float(metrics["loss"])
-            state = s
+        for key in variants:
+            def ours_train():
+                fn, st = runs[key]
+                st, metrics = fn(st, data, epoch)
+                float(metrics["loss"])
+                runs[key][1] = st
 
-        def bucket_train():
-            nonlocal bucket_state
-            s, metrics = bucket_fn(bucket_state, data, epoch)
-            float(metrics["loss"])
-            bucket_state = s
-
-        rows["train_ours"].append(n_train / timed(ours_train))
-        rows["train_ours_buckets"].append(n_train / timed(bucket_train))
+            rows[key].append(n_train / timed(ours_train))
         epoch += 1
         rows["train_original"].append(n_train / timed(lambda: original_epoch(tmodel, topt, generator)))
         for r in (1, 3):
             req = REQUESTS[:r]
             rows[f"infer_R{r}_ours"].append(infer_stars / timed(lambda: ours_model.perceive(values, names).request(req)))
+            rows[f"infer_R{r}_ours_chunk"].append(infer_stars / timed(
+                lambda: ours_model.perceive(values, names, chunk_size=infer_chunk).request(req)))
             rows[f"infer_R{r}_original"].append(
                 infer_stars / timed(lambda: original_inference(tmodel, vocab, values, names, req)))
         log(f"[{name}] repeat {rep + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rows.items()))
 
-    ratios = {
-        "train": [a / b for a, b in zip(rows["train_ours"], rows["train_original"])],
-        "train_buckets": [a / b for a, b in zip(rows["train_ours_buckets"], rows["train_original"])],
-        "infer_R1": [a / b for a, b in zip(rows["infer_R1_ours"], rows["infer_R1_original"])],
-        "infer_R3": [a / b for a, b in zip(rows["infer_R3_ours"], rows["infer_R3_original"])],
-    }
+    ratios = {key: [a / b for a, b in zip(rows[key], rows["train_original"])] for key in variants}
+    for r in (1, 3):
+        for ours in (f"infer_R{r}_ours", f"infer_R{r}_ours_chunk"):
+            ratios[ours] = [a / b for a, b in zip(rows[ours], rows[f"infer_R{r}_original"])]
     return {
         "config": name, "batch_size": batch, "train_steps_per_epoch": train_steps, "train_stars_per_epoch": n_train,
         "infer_stars": infer_stars, "input_tokens": 64, "compute_dtype": "float32",
-        "length_buckets": buckets, "ours_compile_plus_first_epoch_s": compile_s,
-        "ours_buckets_compile_plus_first_epoch_s": bucket_compile_s, "original_warmup_epoch_s": warm,
+        "length_buckets": buckets, "micro_batch_size": micro, "infer_chunk": infer_chunk,
+        "ours_compile_plus_first_epoch_s": compile_s, "original_warmup_epoch_s": warm,
         "stars_per_s": {k: summary(v) for k, v in rows.items()},
         "ratio": {k: summary(v) for k, v in ratios.items()},
         "raw": {**rows, **{f"ratio_{k}": v for k, v in ratios.items()}},
+        "labels": LABELS,
     }
 
 
+LABELS = {
+    "train_ours": "train, paper procedure (whole batch per pass)",
+    "train_ours_micro": "train, paper procedure, micro-batched gradient",
+    "train_ours_buckets_micro": "train, length buckets + micro-batched gradient",
+    "infer_R1_ours": "infer R=1, default chunk 1024", "infer_R1_ours_chunk": "infer R=1, CPU chunk",
+    "infer_R3_ours": "infer R=3, default chunk 1024", "infer_R3_ours_chunk": "infer R=3, CPU chunk",
+}
+
+
 def print_table(results) -> None:
-    print(f"\n{'config':7} {'task':10} {'ours stars/s':>13} {'original':>10} {'ratio min/median/max':>24}")
+    print(f"\n{'config':7} {'ours':50} {'ours stars/s':>13} {'original':>10} {'ratio min/median/max':>24}")
     for res in results:
-        for task, key, ours in (("train", "train", "train_ours"), ("train+bkt", "train_buckets", "train_ours_buckets"),
-                                ("infer R=1", "infer_R1", "infer_R1_ours"), ("infer R=3", "infer_R3", "infer_R3_ours")):
-            o = res["stars_per_s"][ours]
-            t = res["stars_per_s"]["train_original" if key.startswith("train") else f"{key}_original"]
+        for key, label in LABELS.items():
+            o = res["stars_per_s"][key]
+            t = res["stars_per_s"]["train_original" if key.startswith("train") else key[:9] + "original"]
             r = res["ratio"][key]
-            print(f"{res['config']:7} {task:10} {o['median']:13.1f} {t['median']:10.1f} "
+            print(f"{res['config']:7} {label:50} {o['median']:13.1f} {t['median']:10.1f} "
                   f"{r['min']:7.2f} /{r['median']:6.2f} /{r['max']:6.2f}")
 
 
@@ -307,10 +313,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=1, help="batches per timed epoch")
     parser.add_argument("--infer-stars", type=int, default=1024)
-    parser.add_argument("--buckets", type=int, default=4, help="train.length_buckets for the 'train+bkt' row")
+    parser.add_argument("--buckets", type=int, default=4, help="train.length_buckets of the bucketed row")
+    parser.add_argument("--micro", type=int, default=32, help="train.micro_batch_size of the micro-batched rows")
+    parser.add_argument("--infer-chunk", type=int, default=32, help="chunk_size of the 'CPU chunk' inference rows")
     parser.add_argument("--out", default=str(RESULTS / "compare_torch.json"))
     args = parser.parse_args(argv)
-    results = [bench_config(c, args.repeats, args.train_steps, args.infer_stars, args.buckets) for c in args.configs.split(",")]
+    results = [bench_config(c, args.repeats, args.train_steps, args.infer_stars, args.buckets, args.micro,
+                            args.infer_chunk) for c in args.configs.split(",")]
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
             "processor": platform.processor(), "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "backend": jax.default_backend(),

@@ -84,7 +84,8 @@ def synthetic_star_data(vocab, n: int, seed: int = 0) -> StarData:
                     jnp.asarray(present))
 
 
-def bench_train(cfg, vocab, dtype: str, buckets: int, steps: int, batch: int, epochs: int, peak, log) -> dict:
+def bench_train(cfg, vocab, dtype: str, buckets: int, steps: int, batch: int, epochs: int, peak, log,
+                micro: int = 0) -> dict:
     mcfg = dataclasses.replace(cfg.model, compute_dtype=dtype)
     model = StellarPerceptron(mcfg, vocab.size)
     optimizer = make_optimizer(cfg.train, steps)
@@ -92,7 +93,7 @@ def bench_train(cfg, vocab, dtype: str, buckets: int, steps: int, batch: int, ep
     data = synthetic_star_data(vocab, batch * steps)
     epoch_fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=steps,
                                 output_weights=output_weight_vector(vocab), seed=0, num_buckets=buckets,
-                                sample_kwargs=dict(context_length=mcfg.context_length,
+                                micro_batch_size=micro, sample_kwargs=dict(context_length=mcfg.context_length,
                                                    max_padding=cfg.train.max_padding, num_outputs=1))
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, data, 0).compile()
@@ -114,12 +115,12 @@ def bench_train(cfg, vocab, dtype: str, buckets: int, steps: int, batch: int, ep
         times.append(time.perf_counter() - t0)
     stars_per_s = batch * steps / float(np.median(times))
     flops = model_flops_per_star(mcfg, mcfg.context_length)
-    row = {"dtype": dtype, "length_buckets": buckets, "batch": batch, "steps_per_epoch": steps,
+    row = {"dtype": dtype, "length_buckets": buckets, "micro_batch_size": micro, "batch": batch, "steps_per_epoch": steps,
            "compile_s": compile_s, "epoch_s": times, "stars_per_s": stars_per_s, "final_loss": loss,
            "model_flops_per_star": flops, "hlo_flops_per_star": hlo_flops,
            "achieved_tflops": stars_per_s * flops / 1e12, "peak_tflops": peak(dtype),
            "mfu": (stars_per_s * flops / 1e12 / peak(dtype)) if peak(dtype) else None}
-    log(f"train {dtype:8s} buckets={buckets}: {stars_per_s:,.0f} stars/s, compile {compile_s:.1f} s, "
+    log(f"train {dtype:8s} buckets={buckets} micro={micro}: {stars_per_s:,.0f} stars/s, compile {compile_s:.1f} s, "
         f"MFU {row['mfu'] if row['mfu'] is None else round(row['mfu'], 3)}")
     return row
 

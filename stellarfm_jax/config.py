@@ -88,6 +88,9 @@ class TrainConfig:
     # > 1: stratify the random padding over the batch (each star's padding keeps its U{0..P-1} marginal)
     # and run the model per bucket on the context slots that can hold real tokens (~35% fewer FLOPs for 4).
     length_buckets: int = 1
+    # > 0: accumulate each step's gradient over micro-batches of about this many stars (same step; on a
+    # CPU, small micro-batches keep the activations in cache; on a GPU leave 0 = the whole batch at once).
+    micro_batch_size: int = 0
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:

@@ -53,11 +53,31 @@ def _bucket(x, shards: int, start: int, stop: int, slots: int | None):
     return x.reshape((-1,) + x.shape[2:])
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, buckets: tuple = (), shards: int = 1) -> Callable:
+def _micro_split(x, shards: int, n_micro: int):
+    """[rows, ...] (shard-major) -> [n_micro, rows / n_micro, ...], every micro-batch spread over all shards."""
+    x = x.reshape((shards, n_micro, -1) + x.shape[1:]).swapaxes(0, 1)
+    return x.reshape((n_micro, -1) + x.shape[3:])
+
+
+def _num_micro(rows: int, shards: int, micro_batch_size: int) -> int:
+    """The most micro-batches of at least ``micro_batch_size`` rows that split every shard's rows evenly."""
+    per_shard = rows // shards
+    if micro_batch_size <= 0:
+        return 1
+    n = max(1, min(per_shard, rows // micro_batch_size))
+    while per_shard % n:
+        n -= 1
+    return n
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, buckets: tuple = (), shards: int = 1,
+                    micro_batch_size: int = 0) -> Callable:
     """(state, batch, dropout_key) -> (state, metrics): one AdamW step on the batch's NLL.
 
     ``buckets`` (from :func:`length_buckets`, with stratified padding) runs the model once per bucket on
-    that bucket's context slots only; the loss is the same batch mean over all requests."""
+    that bucket's context slots only. ``micro_batch_size > 0`` accumulates the gradient over micro-batches
+    of about that many stars in a ``lax.scan`` (the activations of a small micro-batch stay in a CPU's
+    caches). Either way the loss is the same batch mean over all requests."""
 
     def forward(params, batch: Batch, dropout_key):
         """-> (NLL, MSE, weight count) of the batch, both means over its weighted requests."""
@@ -69,20 +89,51 @@ def make_train_step(model, optimizer: optax.GradientTransformation, buckets: tup
                 weighted_mse(mean, batch.targets, batch.weights), jnp.sum(batch.weights))
 
     def loss_fn(params, batch: Batch, dropout_key):
-        if not buckets:
-            nll, mse, count = forward(params, batch, dropout_key)
-            return nll, (mse, count)
-        nll_sum = sq_sum = count = 0.0
-        for b, (start, stop, slots) in enumerate(buckets):
-            part = Batch(*(_bucket(x, shards, start, stop, slots if i < 2 else None) for i, x in enumerate(batch)))
-            nll, mse, c = forward(params, part, jax.random.fold_in(dropout_key, b))
-            # Bucket means back to sums (a bucket without requests has mean 0), then one batch mean.
-            nll_sum, sq_sum, count = nll_sum + nll * jnp.maximum(c, 1.0), sq_sum + mse * jnp.maximum(c, 1.0), count + c
-        scale = jnp.maximum(count, 1.0)
-        return nll_sum / scale, (sq_sum / scale, count)
+        nll, mse, count = forward(params, batch, dropout_key)
+        return nll, (mse, count)
+
+    def sums(params, batch: Batch, dropout_key):
+        """Weighted sums (not means) of the NLL and squared error: they add up over parts of a batch."""
+        nll, mse, count = forward(params, batch, dropout_key)
+        scale = jnp.maximum(count, 1.0)  # a part without requests has mean 0
+        return nll * scale, mse * scale
+
+    def part_sums_and_grads(params, part: Batch, key, n_micro: int):
+        if n_micro == 1:
+            return jax.value_and_grad(sums, has_aux=True)(params, part, key)
+        micro = jax.tree.map(lambda x: _micro_split(x, shards, n_micro), part)
+
+        def body(carry, xs):
+            i, mb = xs
+            out = jax.value_and_grad(sums, has_aux=True)(params, Batch(*mb), jax.random.fold_in(key, i))
+            return jax.tree.map(jnp.add, carry, out), None
+
+        zero = ((jnp.zeros(()), jnp.zeros(())), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(body, zero, (jnp.arange(n_micro), tuple(micro)))
+        return total
 
     def train_step(state: TrainState, batch: Batch, dropout_key):
-        (loss, (mse, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, dropout_key)
+        if not buckets and micro_batch_size <= 0:
+            (loss, (mse, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, dropout_key)
+        else:
+            parts = [(batch, None)] if not buckets else buckets
+            nll_sum = sq_sum = 0.0
+            grads = None
+            for b, bucket in enumerate(parts):
+                if buckets:
+                    start, stop, slots = bucket
+                    part = Batch(*(_bucket(x, shards, start, stop, slots if i < 2 else None)
+                                   for i, x in enumerate(batch)))
+                else:
+                    part = batch
+                n_micro = _num_micro(part.values.shape[0], shards, micro_batch_size)
+                (nll, sq), g = part_sums_and_grads(state.params, part, jax.random.fold_in(dropout_key, b), n_micro)
+                nll_sum, sq_sum = nll_sum + nll, sq_sum + sq
+                grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            count = jnp.sum(batch.weights)  # known before the forward pass: the same normaliser for every part
+            scale = jnp.maximum(count, 1.0)
+            loss, mse = nll_sum / scale, sq_sum / scale
+            grads = jax.tree.map(lambda g: g / scale, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "mse": mse, "count": count}
@@ -96,14 +147,16 @@ def epoch_key(seed: int, epoch):
 
 
 def make_train_epoch(model, optimizer, *, batch_size: int, steps_per_epoch: int, output_weights, seed: int,
-                     sample_kwargs: dict, batch_sharding=None, num_buckets: int = 1) -> Callable:
+                     sample_kwargs: dict, batch_sharding=None, num_buckets: int = 1,
+                     micro_batch_size: int = 0) -> Callable:
     """Jitted ``(state, data: StarData, epoch) -> (state, metrics)`` with the state donated.
 
     Each epoch: a random permutation of the stars (remainder dropped, as the original), then for each
     step the batch's stars are sampled (sampling.py) and trained on. ``batch_sharding`` (a
     NamedSharding over the batch axis) makes the step data-parallel; XLA inserts the collectives.
     ``num_buckets > 1`` stratifies the padding over the batch (each star's padding keeps the paper's
-    U{0..P-1} marginal) and skips the context slots that can only hold padding (:func:`length_buckets`).
+    U{0..P-1} marginal) and skips the context slots that can only hold padding (:func:`length_buckets`);
+    ``micro_batch_size > 0`` accumulates each step's gradient over micro-batches (:func:`make_train_step`).
     """
     shards = 1 if batch_sharding is None else batch_sharding.mesh.size
     buckets = ()
@@ -112,7 +165,7 @@ def make_train_epoch(model, optimizer, *, batch_size: int, steps_per_epoch: int,
         buckets = length_buckets(batch_size, sample_kwargs["context_length"], sample_kwargs["max_padding"],
                                  num_buckets, shards)
         strata = padding_strata(batch_size, shards)
-    train_step = make_train_step(model, optimizer, buckets, shards)
+    train_step = make_train_step(model, optimizer, buckets, shards, micro_batch_size)
 
     def train_epoch(state: TrainState, data: StarData, epoch):
         key = epoch_key(seed, epoch)

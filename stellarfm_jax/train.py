@@ -210,7 +210,8 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
         train_data = jax.device_put(train_data, replicated)
     train_epoch = make_train_epoch(model, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                                    output_weights=output_weights, seed=tcfg.seed, sample_kwargs=sample_kwargs,
-                                   batch_sharding=batch_sharding, num_buckets=tcfg.length_buckets)
+                                   batch_sharding=batch_sharding, num_buckets=tcfg.length_buckets,
+                                   micro_batch_size=tcfg.micro_batch_size)
 
     n_val = min(tcfg.val_max_stars, len(dataset.val))
     val = dataset.val.subset(slice(0, n_val))

@@ -65,8 +65,10 @@ def test_stratified_padding_keeps_the_uniform_marginal():
     assert chi2 < 40.0, counts  # 11 dof: p ~ 4e-5 at 40
 
 
-def test_length_buckets_give_the_same_step_as_the_full_context():
-    """Same stratified batch, dropout off: one SGD step with buckets equals the full-context step."""
+@pytest.mark.parametrize("num_buckets,micro", [(4, 0), (1, 8), (4, 4)])
+def test_length_buckets_and_micro_batches_give_the_same_step(num_buckets, micro):
+    """Same stratified batch, dropout off: one SGD step with length buckets and/or a micro-batched
+    gradient equals the whole-batch, full-context step."""
     cfg = load_config("tiny").model
     model = StellarPerceptron(cfg, 30)
     params = init_params(model, jax.random.key(0))
@@ -76,8 +78,9 @@ def test_length_buckets_give_the_same_step_as_the_full_context():
     data = _stars(batch_size, seed=1)
     batch = sample_batch(jax.random.key(1), data, jnp.ones(30), padding_strata=padding_strata(batch_size), **kw)
     results = []
-    for buckets in ((), length_buckets(batch_size, cfg.context_length, P, 4)):
-        step = jax.jit(make_train_step(model, optimizer, buckets))
+    buckets = length_buckets(batch_size, cfg.context_length, P, num_buckets) if num_buckets > 1 else ()
+    for bk, mb in (((), 0), (buckets, micro)):
+        step = jax.jit(make_train_step(model, optimizer, bk, micro_batch_size=mb))
         state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
         results.append(step(state, batch, jax.random.key(2)))
     (full, m_full), (bucketed, m_bucketed) = results
@@ -99,7 +102,7 @@ def test_cli_trains_tiny_config_on_four_devices(tmp_path):
     work = tmp_path / "work"
     proc = _run([sys.executable, "-m", "stellarfm_jax.train", "--config", "tiny", "--workdir", str(work),
                  "--data", str(data), "--no-progress", "--set", "train.data_parallel=true", "--set", "train.epochs=2",
-                 "--set", "train.length_buckets=2"],
+                 "--set", "train.length_buckets=2", "--set", "train.micro_batch_size=8"],
                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 device(s)" in proc.stdout + proc.stderr
