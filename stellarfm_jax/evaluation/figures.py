@@ -118,7 +118,11 @@ def kiel_figure(kiel: dict, path, stars=None):
     sc = ax.scatter(kiel["teff"], kiel["logg"], c=kiel["teff_error"], s=2, cmap="viridis",
                     vmax=np.percentile(kiel["teff_error"], 98))
     fig.colorbar(sc, ax=ax, label="model σ(teff) (K)")
-    ax.invert_xaxis()
+    if stars is not None:  # a few hot stars would squeeze the diagram
+        ax.set_xlim(max(np.nanpercentile(stars[0], 99.5), np.max(kiel["teff"])) + 200,
+                    min(np.nanpercentile(stars[0], 0.5), np.min(kiel["teff"])) - 200)
+    else:
+        ax.invert_xaxis()
     ax.invert_yaxis()
     ax.set_xlabel("teff (K), requested from (logg, m_h)")
     ax.set_ylabel("logg")
