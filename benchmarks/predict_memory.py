@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--stars", type=int, default=1_000_000)
     parser.add_argument("--config", default="small")
     parser.add_argument("--workdir", default="/tmp/predict_memory")
+    parser.add_argument("--batch-size", type=int, default=None, help="predict's --batch-size (stars per device call)")
     args = parser.parse_args()
     work = pathlib.Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -76,6 +77,8 @@ def main() -> None:
     out = work / "pred.h5"
     cmd = [sys.executable, "-m", "stellarfm_jax.predict", "--model", str(work / "model"), "--input", str(data),
            "--request", "teff,logg,m_h", "--output", str(out), "--split", "test"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -88,6 +91,7 @@ def main() -> None:
         rows_ok = bool(ids.shape == (args.stars,) and np.array_equal(ids, np.arange(args.stars) + 1))
         finite = bool(np.isfinite(f["teff"][...]).all())
     result = {"stars": args.stars, "input_tokens": 64, "config": args.config, "requests": 3,
+              "batch_size": args.batch_size or "default",
               "peak_rss_mb": peak_mb, "wall_s": wall, "stars_per_s": args.stars / wall,
               "one_row_per_star_in_order": rows_ok, "all_finite": finite, "summary": summary_line,
               "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
