@@ -31,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .inference import DEFAULT_CHUNK_SIZE, OVERFLOW_MODES, StellarModel
+from .inference import CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, OVERFLOW_MODES, StellarModel
 
 DEFAULT_READ_ROWS = 65536
 ID_COLUMNS = ("source_id", "id")
@@ -247,7 +247,7 @@ def select_inputs(block: Block, model: StellarModel, requested: list[str], input
 
 def run(model_path, input_path, request: list[str], output_path, fmt: str = "auto", split: str = "test",
         inputs: list[str] | None = None, keep_requested: bool = False, read_rows: int = DEFAULT_READ_ROWS,
-        batch_size: int = DEFAULT_CHUNK_SIZE, overflow: str = "error", progress: bool = True, log=print) -> dict:
+        batch_size: int | None = None, overflow: str = "error", progress: bool = True, log=print) -> dict:
     """Predict ``request`` for every star of ``input_path`` and write ``output_path``; returns a summary."""
     t0 = time.perf_counter()
     model = StellarModel.load(model_path)
@@ -327,7 +327,8 @@ def main(argv=None) -> int:
                         "columns but the requested tokens)")
     parser.add_argument("--keep-requested-inputs", action="store_true", help="also use requested tokens as inputs")
     parser.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, help="stars read per chunk")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_CHUNK_SIZE, help="stars per device call")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"stars per device call (default {CPU_CHUNK_SIZE} on a CPU, {DEFAULT_CHUNK_SIZE} on an accelerator)")
     parser.add_argument("--overflow", default="error", choices=OVERFLOW_MODES,
                         help="more real tokens than the context length: error, or keep the most informative")
     parser.add_argument("--no-progress", action="store_true")
