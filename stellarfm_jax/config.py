@@ -116,6 +116,9 @@ class DataConfig:
 
     path: str = ""  # our HDF5 file; empty = the embedded real data set (prepared and cached on first use)
     schema: str = "xp_sampled"
+    # Tokens removed from the data and the vocabulary before training (e.g. to hold a label out and teach it
+    # later as a new token, see stellarfm_jax.adapters); train.output_weights entries for them are ignored.
+    drop_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,8 @@ def _from_dict(cls, d: dict):
             value = _from_dict(hint, value)
         elif f.name == "output_weights":
             value = tuple((str(k), float(w)) for k, w in value)
+        elif f.name == "drop_tokens":
+            value = tuple(str(n) for n in value)
         kwargs[f.name] = value
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
@@ -195,6 +200,12 @@ def _parse_value(raw: str, current, key: str):
             return float(raw)
         if isinstance(current, str):
             return raw
+        if isinstance(current, tuple) and key.strip().endswith("drop_tokens"):
+            # a JSON list or comma-separated names
+            names = json.loads(raw) if raw.strip().startswith("[") else [n for n in raw.split(",") if n.strip()]
+            if not all(isinstance(n, str) for n in names):
+                raise ValueError
+            return tuple(n.strip() for n in names)
         if isinstance(current, tuple):
             value = json.loads(raw)
             if not isinstance(value, (list, dict)):

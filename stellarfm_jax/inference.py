@@ -461,10 +461,7 @@ class Perception:
         model = self.model
         requests = jnp.asarray(ids)
         inp = self.inputs
-        if return_attention:
-            fn = lambda v, t: predict_with_attention(model.params, v, t, requests, spec=model.spec)  # noqa: E731
-        else:
-            fn = lambda v, t: predict(model.params, v, t, requests, spec=model.spec)  # noqa: E731
+        fn = lambda v, t: model.predict_standardized(v, t, requests, return_attention)  # noqa: E731
         out = map_chunks(fn, (inp.values, inp.tokens), self.chunk_size, progress=progress)
         mean_z, logvar = out[0], out[1]
         mean = model.vocab.destandardize(mean_z, ids[None, :])
@@ -481,7 +478,7 @@ class Perception:
         """float32 [N, D]: masked mean of the encoder output over each star's real tokens (NaN if none)."""
         model = self.model
         requests = jnp.ones((1,), jnp.int32)  # the decoder output is not used
-        out = map_chunks(lambda v, t: predict(model.params, v, t, requests, spec=model.spec)[2],
+        out = map_chunks(lambda v, t: model.predict_standardized(v, t, requests)[2],
                          (self.inputs.values, self.inputs.tokens), self.chunk_size, progress=progress)
         return out
 
@@ -548,6 +545,13 @@ class StellarModel:
     @property
     def context_length(self) -> int:
         return self.model_config.context_length
+
+    def predict_standardized(self, values, tokens, requests, return_attention: bool = False):
+        """One device call on standardised arrays: :func:`predict` (or :func:`predict_with_attention`) with this
+        model's parameters. The hook that :class:`Perception` calls, so a subclass (an adapted model) can
+        change how requests are answered."""
+        fn = predict_with_attention if return_attention else predict
+        return fn(self.params, values, tokens, requests, spec=self.spec)
 
     def perceive(self, values, names=None, errors=None, *, overflow: str = "error",
                  chunk_size: int | None = None) -> Perception:

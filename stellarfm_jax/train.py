@@ -106,9 +106,14 @@ def check_training_data(dataset: Dataset, config: Config) -> None:
     if empty.any():
         raise ValueError(f"tokens with no finite value in the training split (all-NaN columns): "
                          f"{[n for n, e in zip(vocab.names, empty) if e]}")
-    weights = output_weight_vector(vocab, config.train.output_weights)
+    weights = output_weight_vector(vocab, _output_weights(config))
     if not np.any(np.asarray(weights) > 0):
         raise ValueError("no token can be requested as an output (vocabulary outputs / train.output_weights)")
+
+
+def _output_weights(config: Config) -> tuple:
+    """train.output_weights without the tokens that data.drop_tokens removes."""
+    return tuple((n, w) for n, w in config.train.output_weights if n not in config.data.drop_tokens)
 
 
 def token_range(dataset: Dataset) -> dict:
@@ -204,7 +209,7 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
 
     sample_kwargs = dict(context_length=mcfg.context_length, max_padding=tcfg.max_padding,
                          num_outputs=tcfg.outputs_per_star, exclude_targets=tcfg.exclude_target_from_context)
-    output_weights = output_weight_vector(vocab, tcfg.output_weights)
+    output_weights = output_weight_vector(vocab, _output_weights(config))
     train_data = to_star_data(vocab, dataset.train.values, dataset.train.errors)
     if replicated is not None:
         train_data = jax.device_put(train_data, replicated)
@@ -350,7 +355,7 @@ def load_training_data(config: Config, data_path: str | None) -> Dataset:
         if not hasattr(data_lib, "default_dataset_path"):
             raise RuntimeError("no --data given and the embedded data set is not available in this installation")
         path = data_lib.default_dataset_path(schema=config.data.schema)
-    return data_lib.read_dataset(path)
+    return data_lib.read_dataset(path).without_tokens(config.data.drop_tokens)
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,24 @@ class Dataset:
                     f"({self.vocab.schema!r} schema)"
                 )
 
+    def without_tokens(self, names) -> "Dataset":
+        """The same data set with the tokens ``names`` removed from the vocabulary and every split (the other
+        tokens keep their standardisation). Unknown names raise, listing the closest valid ones."""
+        names = list(names)
+        if not names:
+            return self
+        drop = {self.vocab.token_id(n) - 1 for n in names}
+        keep = [j for j in range(self.vocab.size) if j not in drop]
+        if not keep:
+            raise ValueError("cannot drop every token of the vocabulary")
+        v = self.vocab
+        vocab = Vocabulary(tuple(v.names[j] for j in keep), v.centre[keep], v.scale[keep],
+                           tuple(n for n in v.outputs if n not in names), tuple(v.groups[j] for j in keep), v.schema)
+        splits = {s: Split(getattr(self, s).values[:, keep], getattr(self, s).errors[:, keep], getattr(self, s).source_id)
+                  for s in SPLITS}
+        provenance = dict(self.provenance, dropped_tokens=sorted(names))
+        return Dataset(vocab, **splits, provenance=provenance)
+
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
