@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import pathlib
@@ -37,7 +36,7 @@ import optax
 from .config import ModelConfig
 from .inference import StellarModel
 from .nn import StellarPerceptron
-from .saved_model import flatten_params, unflatten_params
+from .saved_model import atomic_directory, flatten_params, params_sha256, unflatten_params
 from .vocab import PAD_ID, Vocabulary, robust_scale
 
 ADAPTER_FORMAT = "stellarfm_jax.adapter"
@@ -227,15 +226,6 @@ def extend_vocabulary(base: Vocabulary, names, values: np.ndarray, groups=None) 
                       base.outputs + names, base.groups + groups, base.schema)
 
 
-def params_fingerprint(params) -> str:
-    """sha256 over the float32 parameters (names and bytes): identifies the base model of an adapter."""
-    digest = hashlib.sha256()
-    for path, value in sorted(flatten_params(jax.device_get(params)).items()):
-        digest.update(path.encode())
-        digest.update(np.ascontiguousarray(np.asarray(value, np.float32)).tobytes())
-    return digest.hexdigest()
-
-
 # ====================================================================================== object shell
 class AdaptedModel(StellarModel):
     """A base :class:`StellarModel` taught new tokens. ``perceive(...).request(...)`` accepts the new tokens as
@@ -279,22 +269,19 @@ class AdaptedModel(StellarModel):
 
 def save_adapter(path, model: AdaptedModel) -> pathlib.Path:
     path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     v, k = model.vocab, model.base.vocab.size
     info = {
         "format": ADAPTER_FORMAT, "version": ADAPTER_VERSION,
-        "base_fingerprint": params_fingerprint(model.base.params),
+        "base_fingerprint": params_sha256(model.base.params),
         "adapter_config": dataclasses.asdict(model.adapter_config),
         "new_tokens": {"names": list(v.names[k:]), "centre": [float(x) for x in v.centre[k:]],
                        "scale": [float(x) for x in v.scale[k:]], "groups": list(v.groups[k:])},
         "metadata": {key: val for key, val in model.metadata.items() if key.startswith("adapter_")},
     }
     flat = {key: np.asarray(val, np.float32) for key, val in flatten_params(jax.device_get(model.adapter)).items()}
-    tmp = path / "adapter.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **flat)
-    tmp.replace(path / "adapter.npz")
-    (path / "adapter.json").write_text(json.dumps(info, indent=1))
+    with atomic_directory(path) as tmp:
+        np.savez(tmp / "adapter.npz", **flat)
+        (tmp / "adapter.json").write_text(json.dumps(info, indent=1))
     return path
 
 
@@ -308,9 +295,9 @@ def load_adapter(path, base) -> AdaptedModel:
     if info.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{path / 'adapter.json'} is not a {ADAPTER_FORMAT} file")
     base = base if isinstance(base, StellarModel) else StellarModel.load(base)
-    if params_fingerprint(base.params) != info["base_fingerprint"]:
+    if params_sha256(base.params) != info["base_fingerprint"]:
         raise ValueError(f"the adapter in {path} was trained on a different base model (parameter fingerprint "
-                         f"{info['base_fingerprint'][:12]}..., this base {params_fingerprint(base.params)[:12]}...)")
+                         f"{info['base_fingerprint'][:12]}..., this base {params_sha256(base.params)[:12]}...)")
     with np.load(path / "adapter.npz") as z:
         adapter = unflatten_params({key: z[key] for key in z.files})
     new = info["new_tokens"]

@@ -13,12 +13,15 @@ Training checkpoints (optimiser state, resume) are Orbax's business (``checkpoin
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
 
+import jax
 import numpy as np
 
 from .config import ModelConfig, model_config_from_dict
@@ -50,24 +53,44 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-def save_model(path, params, model_config: ModelConfig, vocab: Vocabulary, metadata: dict | None = None) -> pathlib.Path:
-    """Write a model directory atomically (a temporary sibling renamed into place)."""
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield a temporary sibling directory of ``path``; on success it replaces ``path`` (a reader never sees a
+    half-written directory), on any error it is removed."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
     try:
-        flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
-        np.savez(tmp / "params.npz", **flat)
-        vocab.save(tmp / "vocab.json")
-        doc = {"format": FORMAT, "version": VERSION, "model": _asdict(model_config), "metadata": metadata or {}}
-        (tmp / "model.json").write_text(json.dumps(doc, indent=2))
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+
+
+def params_sha256(params) -> str:
+    """sha256 over a params tree's paths, shapes and float32 bytes: the identity of a base model that adapters and
+    search heads were trained on."""
+    digest = hashlib.sha256()
+    for key, value in sorted(flatten_params(jax.device_get(params)).items()):
+        arr = np.ascontiguousarray(np.asarray(value, np.float32))
+        digest.update(key.encode())
+        digest.update(str(arr.shape).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def save_model(path, params, model_config: ModelConfig, vocab: Vocabulary, metadata: dict | None = None) -> pathlib.Path:
+    """Write a model directory atomically (a temporary sibling renamed into place)."""
+    with atomic_directory(path) as tmp:
+        flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
+        np.savez(tmp / "params.npz", **flat)
+        vocab.save(tmp / "vocab.json")
+        doc = {"format": FORMAT, "version": VERSION, "model": _asdict(model_config), "metadata": metadata or {}}
+        (tmp / "model.json").write_text(json.dumps(doc, indent=2))
+    return pathlib.Path(path)
 
 
 def _asdict(cfg: ModelConfig) -> dict:

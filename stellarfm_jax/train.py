@@ -12,7 +12,6 @@ from its latest readable checkpoint and continues exactly as an uninterrupted ru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -27,7 +26,7 @@ from .config import Config, apply_overrides, load_config
 from .data.dataset import Dataset
 from .nn import StellarPerceptron, count_params, init_params
 from .optim import make_optimizer, sgdr_learning_rate
-from .sampling import StarData, output_weight_vector, to_star_data
+from .sampling import output_weight_vector, to_star_data
 from .saved_model import save_model
 from .steps import make_eval_loss, make_predict, make_train_epoch
 from .train_state import TrainState
@@ -317,7 +316,7 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
 def export_checkpoint(workdir, out, epoch: int | None = None, log=print) -> pathlib.Path:
     """Write the checkpoint of ``epoch`` (default: the best by the validation metric, else the latest) of a
     training workdir as a saved-model directory ``out`` - e.g. to use a model while its run goes on."""
-    from .checkpoint import Checkpointer, abstract_like
+    from .checkpoint import Checkpointer
     from .vocab import Vocabulary
 
     workdir = pathlib.Path(workdir)

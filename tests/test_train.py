@@ -3,7 +3,6 @@ and the CLI behaves (DESIGN §4; issue #2)."""
 
 import dataclasses
 import json
-import pathlib
 import shutil
 import subprocess
 import sys
