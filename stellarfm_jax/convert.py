@@ -33,6 +33,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import __version__
+from .cli import USER_ERRORS, report
 from .config import ModelConfig
 from .saved_model import flatten_params, load_model, save_model, unflatten_params
 from .schemas import PAPER_WITHHELD_OUTPUTS, paper_groups, paper_names
@@ -506,9 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = export_release(args.export, args.out)
             print(f"exported {args.export} -> {out / WEIGHTS_FILE} and {out / CONFIG_FILE}")
-    except (ConversionError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report(err)
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import evaluation as ev
+from .cli import USER_ERRORS, report
 from .evaluation import figures
 
 
@@ -249,9 +250,8 @@ def main(argv=None) -> int:
             changes["xgb_params"] = settings.xgb_params + (("nthread", args.xgb_threads),)
         settings = dataclasses.replace(settings, **changes)
         metrics = run_evaluation(model, dataset, args.split, args.out, settings)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report(err)
     print(headline_table(metrics["headline"]))
     cal = ", ".join(f"{k}: z std {v['z_std']:.2f}, cov {v['coverage68']:.2f}" for k, v in metrics["calibration"].items())
     print(f"calibration (xp_colours): {cal}")

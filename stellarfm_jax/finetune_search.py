@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from . import cli
 from .search import (
     HeadConfig,
     SearchModel,
@@ -184,9 +185,8 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"--data {args.data}: no such file")
         command = "python -m stellarfm_jax.finetune_search " + " ".join(sys.argv[1:] if argv is None else argv)
         report = run(args.model, args.out, args.data, config, progress=not args.no_progress, command=command)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except cli.USER_ERRORS as err:
+        return cli.report(err)
     print(summary(report))
     print(f"saved: {pathlib.Path(args.out) / 'search_model'}, {pathlib.Path(args.out) / 'database_test.h5'}, "
           f"{pathlib.Path(args.out) / 'report.json'}")

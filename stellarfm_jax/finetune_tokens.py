@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 
+from . import cli
 from .adapters import AdapterConfig, AdaptedModel, fine_tune, labelled_subset, load_adapter
 from .evaluation.common import InputSet, calibration_stats, masked_inputs, predict_tokens, residual_stats
 from .train import DEFAULT_LABELS, spectra_colour_inputs
@@ -121,9 +122,8 @@ def main(argv=None) -> int:
             report["reference"] = token_accuracy(ref, dataset, args.split, tokens)
             report["scatter_ratio"] = {t: report["adapted"][t]["scatter"] / report["reference"][t]["scatter"] for t in tokens}
         (out / "report.json").write_text(json.dumps(report, indent=1))
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except cli.USER_ERRORS as err:
+        return cli.report(err)
     for t in tokens:
         a = report["adapted"][t]
         line = f"{t}: scatter {a['scatter']:.4g}, bias {a['bias']:.3g}, z std {a['z_std']:.2f} ({a['n']} {args.split} stars)"

@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .cli import USER_ERRORS, report
 from .inference import CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, OVERFLOW_MODES, StellarModel
 
 DEFAULT_READ_ROWS = 65536
@@ -337,9 +338,8 @@ def main(argv=None) -> int:
         run(args.model, args.input, _split_list(args.request), args.output, args.format, args.split,
             _split_list(args.inputs), args.keep_requested_inputs, args.read_rows, args.batch_size, args.overflow,
             progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report(err)
     return 0
 
 

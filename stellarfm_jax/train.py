@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .cli import USER_ERRORS, report
 from .config import Config, apply_overrides, load_config
 from .data.dataset import Dataset
 from .nn import StellarPerceptron, count_params, init_params
@@ -370,9 +371,8 @@ def main(argv=None) -> int:
         config = apply_overrides(load_config(args.config), args.overrides)
         dataset = load_training_data(config, args.data)
         result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report(err)
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch" and isinstance(v, float))
     print(f"done: {args.workdir}/model ({summary})")

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .. import schemas
+from ..cli import USER_ERRORS, report
 
 
 def _grid(text: str):
@@ -60,9 +61,8 @@ def main(argv=None) -> int:
             from . import default_dataset_path
 
             print(default_dataset_path(args.schema))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report(err)
     return 0
 
 
