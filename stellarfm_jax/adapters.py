@@ -148,23 +148,32 @@ def merge_lora(params, adapter, scale: float) -> dict:
     return update(params, "")
 
 
+def _gated_decode(module, params, merged, perception, key_mask, requests, base_vocab_size: int, **kw):
+    """Decode ``requests`` [B, R] with the base weights (old tokens) or the LoRA-merged ones (new tokens)."""
+    decode = StellarPerceptron.decode
+    mean_b, logvar_b = module.apply({"params": params}, perception, key_mask, requests, method=decode, **kw)
+    mean_a, logvar_a = module.apply({"params": merged}, perception, key_mask, requests, method=decode, **kw)
+    new = requests > base_vocab_size
+    return jnp.where(new, mean_a, mean_b), jnp.where(new, logvar_a, logvar_b)
+
+
+def _adapted_model(base_params, adapter, config: ModelConfig, base_vocab_size: int, scale: float):
+    """(module over V + K tokens, base params with the new rows, the same with LoRA merged)."""
+    module = StellarPerceptron(config, base_vocab_size + adapter["embeddings"].shape[0])
+    params = extend_params(base_params, adapter)
+    return module, params, merge_lora(params, adapter, scale)
+
+
 def adapted_forward(base_params, adapter, values, tokens, requests, *, config: ModelConfig, base_vocab_size: int,
                     scale: float, deterministic: bool = True, rngs=None):
     """values [B, T], tokens [B, T] (ids up to V + K), requests [B, R] -> (mean, logvar) [B, R], standardised.
 
     Requests for old tokens (id <= V) are decoded with the base weights, requests for new tokens with the
     LoRA-merged ones; the encoder (base weights, extended embedding tables) runs once."""
-    num_new = adapter["embeddings"].shape[0]
-    module = StellarPerceptron(config, base_vocab_size + num_new)
-    params = extend_params(base_params, adapter)
-    merged = merge_lora(params, adapter, scale)
+    module, params, merged = _adapted_model(base_params, adapter, config, base_vocab_size, scale)
     kw = dict(deterministic=deterministic, rngs=rngs)
     perception = module.apply({"params": params}, values, tokens, method=StellarPerceptron.encode, **kw)
-    key_mask = tokens != PAD_ID
-    mean_b, logvar_b = module.apply({"params": params}, perception, key_mask, requests, method=StellarPerceptron.decode, **kw)
-    mean_a, logvar_a = module.apply({"params": merged}, perception, key_mask, requests, method=StellarPerceptron.decode, **kw)
-    new = requests > base_vocab_size
-    return jnp.where(new, mean_a, mean_b), jnp.where(new, logvar_a, logvar_b)
+    return _gated_decode(module, params, merged, perception, tokens != PAD_ID, requests, base_vocab_size, **kw)
 
 
 class _AdaptedModule:
@@ -184,24 +193,19 @@ class _AdaptedModule:
 
 @functools.partial(jax.jit, static_argnames=("config", "base_vocab_size", "scale"))
 def _predict_adapted(base_params, adapter, values, tokens, requests, *, config, base_vocab_size, scale):
-    """Inference counterpart of :func:`adapted_forward`, with the per-star embedding, like inference.predict."""
+    """Inference counterpart of :func:`adapted_forward` with the per-star embedding, like inference.predict: the
+    encoder once, then one request at a time (so R requests in one call equal R calls)."""
     from .inference import masked_mean_embedding
 
     if requests.ndim == 1:
         requests = jnp.broadcast_to(requests, (tokens.shape[0], requests.shape[0]))
-    num_new = adapter["embeddings"].shape[0]
-    module = StellarPerceptron(config, base_vocab_size + num_new)
-    params = extend_params(base_params, adapter)
-    merged = merge_lora(params, adapter, scale)
+    module, params, merged = _adapted_model(base_params, adapter, config, base_vocab_size, scale)
     perception = module.apply({"params": params}, values, tokens, method=StellarPerceptron.encode)
     key_mask = tokens != PAD_ID
 
-    def decode_one(request):  # one request at a time, as inference._forward (R calls == one call of R)
-        r = request[:, None]
-        mean_b, logvar_b = module.apply({"params": params}, perception, key_mask, r, method=StellarPerceptron.decode)
-        mean_a, logvar_a = module.apply({"params": merged}, perception, key_mask, r, method=StellarPerceptron.decode)
-        new = request > base_vocab_size
-        return jnp.where(new, mean_a[:, 0], mean_b[:, 0]), jnp.where(new, logvar_a[:, 0], logvar_b[:, 0])
+    def decode_one(request):  # [B] -> mean [B], logvar [B]
+        mean, logvar = _gated_decode(module, params, merged, perception, key_mask, request[:, None], base_vocab_size)
+        return mean[:, 0], logvar[:, 0]
 
     mean, logvar = jax.lax.map(decode_one, requests.T)
     return mean.T, logvar.T, masked_mean_embedding(perception, key_mask)
