@@ -37,7 +37,7 @@ from .config import ModelConfig
 from .inference import StellarModel
 from .nn import StellarPerceptron
 from .saved_model import atomic_directory, flatten_params, params_sha256, unflatten_params
-from .vocab import PAD_ID, Vocabulary, robust_scale
+from .vocab import PAD_ID, Vocabulary, align_columns, robust_scale
 
 ADAPTER_FORMAT = "stellarfm_jax.adapter"
 ADAPTER_VERSION = 1
@@ -358,11 +358,8 @@ def fine_tune(base: StellarModel, values: np.ndarray, errors: np.ndarray, names,
     new_cols = [names.index(n) for n in new_tokens]
     vocab = extend_vocabulary(base.vocab, new_tokens, values[:, new_cols], groups)
     # Columns in the extended vocabulary's order (a base token absent from the data stays missing).
-    order = np.full(vocab.size, -1)
-    for j, n in enumerate(names):
-        order[vocab.token_id(n) - 1] = j
-    full_values = np.where(order >= 0, values[:, np.maximum(order, 0)], np.nan)
-    full_errors = np.where(order >= 0, errors[:, np.maximum(order, 0)], np.nan)
+    full_values = align_columns(values, names, vocab.names)
+    full_errors = align_columns(errors, names, vocab.names)
 
     n_stars = values.shape[0]
     batch_size = min(config.batch_size, n_stars)

@@ -26,15 +26,13 @@ from . import cli
 from .adapters import AdapterConfig, AdaptedModel, fine_tune, labelled_subset, load_adapter
 from .evaluation.common import InputSet, calibration_stats, masked_inputs, predict_tokens, residual_stats
 from .train import DEFAULT_LABELS, spectra_colour_inputs
+from .vocab import align_columns
 
 
 def _aligned(model, dataset, split) -> tuple[np.ndarray, np.ndarray]:
     """A split's raw values / errors with columns in ``model``'s vocabulary order (NaN where the data lack a token)."""
-    cols = [dataset.vocab.token_id(n) - 1 if n in dataset.vocab.names else -1 for n in model.vocab.names]
-    cols = np.asarray(cols)
-    values = np.where(cols >= 0, split.values[:, np.maximum(cols, 0)], np.nan)
-    errors = np.where(cols >= 0, split.errors[:, np.maximum(cols, 0)], np.nan)
-    return values, errors
+    return (align_columns(split.values, dataset.vocab.names, model.vocab.names),
+            align_columns(split.errors, dataset.vocab.names, model.vocab.names))
 
 
 def token_accuracy(model, dataset, split_name: str, tokens, input_names=None) -> dict:
@@ -62,7 +60,7 @@ def base_unchanged(adapted: AdaptedModel, dataset, split_name: str, max_stars: i
     names = spectra_colour_inputs(base.vocab, base.context_length)
     values, _ = _aligned(base, dataset, split)
     inputs = masked_inputs(base.vocab, values[:max_stars], InputSet("eval", "eval", tuple(names)))
-    a = adapted.perceive(np.concatenate([inputs, np.full((len(inputs), len(adapted.new_tokens)), np.nan)], axis=1),
+    a = adapted.perceive(align_columns(inputs, base.vocab.names, adapted.vocab.names),
                          list(adapted.vocab.names)).request(labels)
     b = base.perceive(inputs, list(base.vocab.names)).request(labels)
     return all(np.array_equal(a[k], b[k]) for k in b.keys())

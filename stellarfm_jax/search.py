@@ -60,11 +60,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .inference import ModelSpec, StellarModel, encode, map_chunks, prepare_inputs
+from .inference import ModelSpec, StellarModel, _module, encode, map_chunks, prepare_inputs
 from .nn.model import StellarPerceptron
+from .optim import ADAMW_B1, ADAMW_B2, ADAMW_EPS
 from .nn.search_heads import SearchHead
 from .saved_model import atomic_directory, flatten_params, is_model_dir, params_sha256, unflatten_params
-from .vocab import PAD_ID, UnknownTokenError, Vocabulary
+from .vocab import PAD_ID, UnknownTokenError, Vocabulary, evenly_spaced
 
 DEFAULT_QUERY_NAMES = ("teff", "logg", "m_h", "alpha_m", "logebv", "jh", "jk")
 MODEL_FORMAT = "stellarfm_jax.search_model"
@@ -130,11 +131,6 @@ def _head_module(head: HeadConfig) -> SearchHead:
     return SearchHead(head.projection_dim, head.num_queries, head.num_heads, head.residual_units, head.dropout)
 
 
-@functools.lru_cache(maxsize=None)
-def _base_module(spec: ModelSpec) -> StellarPerceptron:
-    return StellarPerceptron(spec.config, spec.vocab_size)
-
-
 # ====================================================================================== functional core
 def contrastive_loss(s, p, temperature: float = 0.05):
     """The paper's soft-target symmetric contrastive loss (C1-C6).
@@ -165,7 +161,7 @@ def embed_perception(head_params, perception, key_mask, *, head: HeadConfig):
 def embed_inputs(base_params, head_params, values, tokens, *, spec: SearchSpec):
     """values [B, T] standardised, tokens [B, T] int (0 = padding) -> unit embeddings [B, P] (frozen encoder +
     head, fused so the perception never leaves the call)."""
-    perception = _base_module(spec.base).apply({"params": base_params}, values, tokens,
+    perception = _module(spec.base).apply({"params": base_params}, values, tokens,
                                                method=StellarPerceptron.encode)
     return spec.head.module().apply({"params": head_params}, perception, tokens != PAD_ID, deterministic=True)
 
@@ -216,7 +212,7 @@ def make_optimizer(config: SearchTrainConfig, total_steps: int) -> optax.Gradien
     """AdamW (torch defaults, weight decay ``config.weight_decay``) with a cosine decay over all steps."""
     schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1),
                                            alpha=config.min_learning_rate / config.learning_rate)
-    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
+    return optax.adamw(schedule, b1=ADAMW_B1, b2=ADAMW_B2, eps=ADAMW_EPS, weight_decay=config.weight_decay)
 
 
 def make_train_step(spec: SearchSpec, optimizer: optax.GradientTransformation, query_tokens: np.ndarray,
@@ -228,7 +224,7 @@ def make_train_step(spec: SearchSpec, optimizer: optax.GradientTransformation, q
     ``fold_in(PRNGKey(seed), step)``; dropout is on in the heads, the frozen encoder is deterministic.
     """
     head = spec.head.module()
-    base = _base_module(spec.base)
+    base = _module(spec.base)
     query_tokens = jnp.asarray(query_tokens, jnp.int32)  # [Q]
     root = jax.random.PRNGKey(seed)
 
@@ -295,10 +291,7 @@ def default_spectra_names(vocab: Vocabulary, context_length: int) -> list[str]:
     spectrum = vocab.group_names("spectrum")
     if not spectrum:
         raise ValueError(f"the vocabulary (schema {vocab.schema!r}) has no spectrum tokens for the spectra view")
-    if len(spectrum) > context_length:
-        keep = np.unique(np.round(np.linspace(0, len(spectrum) - 1, context_length)).astype(int))
-        spectrum = [spectrum[i] for i in keep]
-    return list(spectrum)
+    return evenly_spaced(spectrum, context_length)
 
 
 def default_query_names(vocab: Vocabulary) -> list[str]:
@@ -685,10 +678,8 @@ class SearchDatabase:
 def query_arrays(vocab: Vocabulary, values: np.ndarray, query_names: Sequence[str]):
     """Raw split values [N, V] -> (standardised query values [N, Q] float32 (0 where missing), available [N, Q])."""
     ids = vocab.ids(query_names)
-    raw = np.asarray(values, np.float64)[:, ids - 1]
-    available = np.isfinite(raw)
-    z = (raw - vocab.centre_by_id[ids]) / vocab.scale_by_id[ids]
-    return np.where(available, z, 0.0).astype(np.float32), available
+    z, tokens, _ = vocab.standardize(np.asarray(values, np.float64)[:, ids - 1], ids)  # NaN -> 0, padding id
+    return z, tokens != PAD_ID
 
 
 def full_query_embeddings(model: SearchModel, values: np.ndarray, vocab_names: Sequence[str], chunk_size=None,

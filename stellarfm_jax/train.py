@@ -31,7 +31,7 @@ from .sampling import output_weight_vector, to_star_data
 from .saved_model import save_model
 from .steps import make_eval_loss, make_predict, make_train_epoch
 from .train_state import TrainState
-from .vocab import robust_scale
+from .vocab import evenly_spaced, robust_scale
 
 VAL_KEY_DATA = 2**31 - 1  # fold_in constant for the fixed validation sampling key
 DEFAULT_LABELS = ("teff", "logg", "m_h")
@@ -52,12 +52,7 @@ def spectra_colour_inputs(vocab, context_length: int) -> list[str]:
     """The "spectra + colours" input set used to monitor label accuracy: every colour token and as many
     spectrum tokens as fit in the context, evenly spaced over the spectrum."""
     colours = vocab.group_names("colour")
-    spectrum = vocab.group_names("spectrum")
-    room = max(context_length - len(colours), 0)
-    if len(spectrum) > room:
-        keep = np.unique(np.round(np.linspace(0, len(spectrum) - 1, room)).astype(int))
-        spectrum = [spectrum[i] for i in keep]
-    return spectrum + colours
+    return evenly_spaced(vocab.group_names("spectrum"), max(context_length - len(colours), 0)) + colours
 
 
 def label_metrics(predict, params, vocab, values, errors, input_names, label_names) -> dict:

@@ -23,6 +23,24 @@ def robust_scale(x: np.ndarray, axis=0) -> np.ndarray:
     return 1.482602218505602 * np.nanmedian(np.abs(x - med), axis=axis)
 
 
+def evenly_spaced(names, count: int) -> list[str]:
+    """``count`` names evenly spaced over ``names`` (all of them if there are fewer), e.g. flux tokens that fill a
+    context."""
+    if count >= len(names):
+        return list(names)
+    keep = np.unique(np.round(np.linspace(0, len(names) - 1, count)).astype(int))
+    return [names[i] for i in keep]
+
+
+def align_columns(values: np.ndarray, names, target_names) -> np.ndarray:
+    """values [N, n] with columns ``names`` -> [N, len(target_names)] in ``target_names`` order, NaN where a target
+    name has no column."""
+    index = {n: j for j, n in enumerate(names)}
+    cols = np.asarray([index.get(n, -1) for n in target_names])
+    values = np.asarray(values)
+    return np.where(cols >= 0, values[:, np.maximum(cols, 0)], np.nan)
+
+
 class UnknownTokenError(KeyError, ValueError):
     """A token name that is not in the vocabulary; the message lists the closest valid names."""
 

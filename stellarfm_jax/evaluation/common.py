@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..train import spectra_colour_inputs
-from ..vocab import robust_scale
+from ..vocab import evenly_spaced, robust_scale
 
 LABELS = ("teff", "logg", "m_h", "logebv", "alpha_m")
 HEADLINE_LABELS = ("teff", "logg", "m_h")
@@ -56,14 +56,6 @@ def flux_tokens(vocab) -> tuple[list[str], np.ndarray]:
         match = re.fullmatch(r"f(\d+(?:\.\d+)?)", name)
         waves.append(float(match.group(1)) if match else float(k))
     return names, np.asarray(waves)
-
-
-def evenly_spaced(names, count: int) -> list[str]:
-    """``count`` names evenly spaced over ``names`` (all of them if there are fewer)."""
-    if count >= len(names):
-        return list(names)
-    keep = np.unique(np.round(np.linspace(0, len(names) - 1, count)).astype(int))
-    return [names[i] for i in keep]
 
 
 def least_informative_flux(vocab, values, errors, count: int) -> list[str]:
