@@ -34,9 +34,26 @@ def test_calibration_of_right_and_wrong_uncertainties():
     right = ev.calibration_stats(pred, np.full(n, sigma_model), truth, np.full(n, sigma_label))
     assert right["z_std"] == pytest.approx(1.0, abs=0.01)
     assert right["coverage68"] == pytest.approx(math.erf(1 / math.sqrt(2)), abs=0.005)
+    assert right["z_rms"] == pytest.approx(1.0, abs=0.01)
+    assert right["coverage95"] == pytest.approx(math.erf(2 / math.sqrt(2)), abs=0.003)
     # Ignoring the label error makes the model look over-confident: z std = 0.5 / 0.3.
     wrong = ev.calibration_stats(pred, np.full(n, sigma_model), truth)
     assert wrong["z_std"] == pytest.approx(0.5 / 0.3, rel=0.01)
+
+
+def test_calibration_of_heavy_tailed_residuals_with_the_right_variance():
+    """Laplace residuals whose sigma is their true std: rms z is 1, but the robust statistics (made for a
+    Gaussian) read 0.73 and 0.76 (expected values from the Laplace distribution, computed independently)."""
+    rng = np.random.default_rng(1)
+    n = 400_000
+    b = 0.5
+    pred = rng.laplace(scale=b, size=n)
+    s = ev.calibration_stats(pred, np.full(n, math.sqrt(2) * b), np.zeros(n))
+    assert s["z_rms"] == pytest.approx(1.0, abs=0.01)
+    # median |x| of Laplace(b) = b ln 2; robust std = 1.4826 b ln 2 / (sqrt(2) b)
+    assert s["z_std"] == pytest.approx(1.4826 * math.log(2) / math.sqrt(2), abs=0.01)
+    assert s["coverage68"] == pytest.approx(1 - math.exp(-math.sqrt(2)), abs=0.005)
+    assert s["coverage95"] == pytest.approx(1 - math.exp(-2 * math.sqrt(2)), abs=0.005)
 
 
 def test_spectrum_residuals_by_hand():

@@ -183,6 +183,7 @@ def calibration_checks(model_result: LabelResult, set_key: str = "xp_colours", l
         m = model_result.metrics.get(set_key, {}).get(name)
         if m is None:
             continue
-        out[name] = {"z_std": m["z_std"], "coverage68": m["coverage68"],
+        out[name] = {"z_std": m["z_std"], "coverage68": m["coverage68"], "z_rms": m.get("z_rms"),
+                     "coverage95": m.get("coverage95"),
                      "pass": bool(z_range[0] <= m["z_std"] <= z_range[1] and coverage_range[0] <= m["coverage68"] <= coverage_range[1])}
     return out
