@@ -171,12 +171,12 @@ def model_config_from_dict(d: dict) -> ModelConfig:
 
 def load_config(spec: str) -> Config:
     """Load a config from a path to a Python file defining ``get_config()``, or a built-in name
-    (``tiny``, ``small``, ``paper``) resolved in the repository's ``configs/`` folder."""
+    (``tiny``, ``small``, ``medium``, ``paper``) resolved in the repository's ``configs/`` folder."""
     path = pathlib.Path(spec)
     if not path.suffix and not path.exists():
         path = REPO_CONFIG_DIR / f"{spec}.py"
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {spec!r} (give a path to a .py file or one of tiny, small, paper)")
+        raise FileNotFoundError(f"config file not found: {spec!r} (give a path to a .py file or one of tiny, small, medium, paper)")
     module_spec = importlib.util.spec_from_file_location(f"_stellarfm_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -355,7 +355,7 @@ def load_training_data(config: Config, data_path: str | None) -> Dataset:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="small", help="path to a config .py file, or tiny|small|paper")
+    parser.add_argument("--config", default="small", help="path to a config .py file, or tiny|small|medium|paper")
     parser.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
     parser.add_argument("--data", default=None, help="our HDF5 data file (default: the embedded real data set)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

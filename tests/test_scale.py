@@ -112,11 +112,17 @@ def test_cli_trains_tiny_config_on_four_devices(tmp_path):
     assert (work / "model" / "params.npz").exists()
 
 
-def test_gpu_check_dry_run_writes_its_json(tmp_path):
-    proc = _run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], {"OUT": str(tmp_path), "JAX_PLATFORMS": "cpu"},
-                timeout=300)
+def test_gpu_session_dry_run_checks_trains_packs_and_unpacks(tmp_path):
+    """scripts/gpu_session.py --dry-run: benchmarks/gpu_check.sh --dry-run writes its JSON, a tiny model trains
+    on the given data file, the workdir comes back as parts that unpack into a workdir we can export from."""
+    data = tmp_path / "synthetic.h5"
+    write_dataset(data, make_synthetic_dataset(600, seed=4))
+    out = tmp_path / "out"
+    proc = _run([sys.executable, "scripts/gpu_session.py", "run", "--data", str(data), "--out", str(out), "--dry-run"],
+                {"JAX_PLATFORMS": "cpu"}, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+
+    report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] is True
     rows = {(r["dtype"]): r for r in report["train"]}
     assert set(rows) == {"float32", "bfloat16"}
@@ -124,3 +130,27 @@ def test_gpu_check_dry_run_writes_its_json(tmp_path):
         assert r["stars_per_s"] > 0 and r["compile_s"] > 0 and r["model_flops_per_star"] > 0
     assert report["inference"]["stars_per_s"] > 0 and report["inference"]["stars"] > 0
     assert "peak_memory_bytes" in report
+
+    session = json.loads((out / "session.json").read_text())
+    assert session["check_rc"] == 0 and session["train_rc"] == 0 and session["epochs_planned"] == 2
+    returned = sorted(p.name for p in out.iterdir())
+    assert len(returned) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())  # the device tool's limits
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from gpu_session import plan_epochs, unpack
+
+    work = unpack(out, tmp_path / "work")
+    assert [json.loads(x)["epoch"] for x in (work / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (work / "command.txt").read_text().startswith("python -m stellarfm_jax.train --config tiny")
+    from stellarfm_jax.inference import StellarModel
+    from stellarfm_jax.train import export_checkpoint
+
+    model = StellarModel.load(export_checkpoint(work, tmp_path / "model", log=lambda *_: None))
+    assert model.metadata["epochs_trained"] == 2
+    with pytest.raises(FileExistsError):
+        unpack(out, work)
+    # The epoch plan follows the measured bf16 speed, within bounds, and falls back without a measurement.
+    check = {"train": [{"dtype": "bfloat16", "stars_per_s": 100_000.0}, {"dtype": "float32", "stars_per_s": 1.0}]}
+    assert plan_epochs(check, n_train=32_000, seconds=200) == int(0.5 * 200 * 100_000 / 32_000)
+    assert plan_epochs(check, n_train=32_000, seconds=1) == 20
+    assert plan_epochs(None, n_train=32_000, seconds=200, fallback=77) == 77
