@@ -122,6 +122,8 @@ def run_evaluation(model, dataset, split: str = "test", out=None, settings: Eval
     try:
         ext = timed("extinction_curve", ev.extinction_curve, model)
         metrics["extinction_curve"] = ext
+        metrics["extinction_in_data"] = timed("extinction_in_data", ev.empirical_extinction_curve, vocab,
+                                              dataset.train, ext)
     except ImportError as err:
         ext = None
         metrics["extinction_curve"] = {"skipped": str(err)}
@@ -201,6 +203,18 @@ def render_report(m: dict) -> str:
                   f"**{ext['deviation']:.3f}** (median {ext['median_deviation']:.3f}); shape only (A_G fitted, "
                   f"{ext['a_g_over_ebv_fitted']:.2f} vs F99 synthetic {ext['a_g_over_ebv_f99']:.2f}): {ext['shape_deviation']:.3f}. "
                   f"Track (teff, logg) {ext['track']}, E(B-V) {ext['ebv']}.", ""]
+    if "extinction_in_data" in m:
+        d = m["extinction_in_data"]
+        chords = ", ".join(f"{e}: {c:.2f}" for e, c in zip(ext["ebv"], d["model_chord_vs_data_scale"]))
+        lines += ["What the training data say (`empirical_extinction_curve`: per flux token, least-squares slope of "
+                  f"-2.5 log10 flux on E(B-V) over {d['n_stars']} train-split RGB stars, curves centred over "
+                  f"{d['compare_nm'][0]:.0f}-{d['compare_nm'][1]:.0f} nm so A_G cancels):", "",
+                  "| comparison | amplitude (least-squares scale) | largest shape residual (fraction of range) |",
+                  "|---|---:|---:|",
+                  f"| data vs F99 | {d['data_vs_f99_scale']:.3f} | {d['data_vs_f99_shape']:.3f} |",
+                  f"| model vs data | {d['model_vs_data_scale']:.3f} | {d['model_vs_data_shape']:.3f} |", "",
+                  f"Model chords from no extinction, scale vs data per E(B-V): {chords}; local slope between the outer "
+                  f"two: {d['model_local_vs_data_scale']:.2f} (all equal for a response linear in E(B-V), as dust's is).", ""]
     k = m["kiel_diagram"]
     lines += ["## Kiel diagram from a (logg, m_h) grid", "",
               f"{k['n_grid']} grid points; teff {k['teff_min']:.0f}-{k['teff_max']:.0f} K; median σ(teff) {k['median_teff_error']:.0f} K; "
@@ -263,6 +277,10 @@ def main(argv=None) -> int:
     ext = metrics["extinction_curve"]
     if "deviation" in ext:
         print(f"extinction curve vs F99 (R_V=3.1), {ext['compare_nm'][0]:.0f}-{ext['compare_nm'][1]:.0f} nm: max deviation {ext['deviation']:.3f}")
+        d = metrics["extinction_in_data"]
+        print(f"  reddening amplitude: training data / F99 {d['data_vs_f99_scale']:.2f} (shape residual "
+              f"{d['data_vs_f99_shape']:.3f}); model / data {d['model_vs_data_scale']:.2f}, local slope "
+              f"{d['model_local_vs_data_scale']:.2f}")
     print(f"report: {pathlib.Path(args.out) / 'report.md'} ({metrics['seconds']['total']:.0f} s)")
     return 0
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stellarfm_jax import evaluation as ev
+from stellarfm_jax.data.dataset import Split
 from stellarfm_jax.evaluation.physics import synthetic_g_extinction
 from stellarfm_jax.vocab import Vocabulary
 
@@ -143,8 +144,9 @@ class _ExactExtinctionModel:
 
     context_length = 64
 
-    def __init__(self, vocab):
+    def __init__(self, vocab, token_noise=None):
         self.vocab = vocab
+        self.token_noise = token_noise  # per flux token: A_lambda x (1 + noise), a curve that is right on average
 
     def perceive(self, values, names):
         assert list(names) == ["teff", "logg", "m_h", "logebv"]
@@ -162,6 +164,8 @@ class _Request:
         for teff, _, _, logebv in self.values:
             f0 = (waves / 500.0) ** (-4) * np.exp(-teff / 2000.0 * waves / 500.0)  # any smooth positive SED
             a = ev.f99_extinction(waves, math.exp(logebv))
+            if self.model.token_noise is not None:
+                a = a * (1 + self.model.token_noise)
             f = f0 * 10 ** (-0.4 * a)
             flux.append(f / np.sum(waves * f))  # divided by the (photon-weighted) G flux
         flux = np.asarray(flux)
@@ -178,6 +182,55 @@ def test_extinction_curve_recovers_an_exact_f99_model():
     assert res["deviation"] < 1e-3
     assert res["shape_deviation"] < 1e-3
     np.testing.assert_allclose(res["model_a_over_ebv"], res["f99_a_over_ebv"], rtol=1e-3)
+    assert res["smooth_deviation"] < 1e-3 and res["token_scatter"] < 1e-3
+
+
+def test_extinction_curve_separates_token_noise_from_a_wrong_curve():
+    """A_lambda off by an independent 10% per token: the max deviation reads the noise, the smooth fit does not."""
+    pytest.importorskip("extinction")
+    vocab = Vocabulary.unit([f"f{w}" for w in range(340, 1020, 8)] + ["teff", "logg", "m_h", "logebv"],
+                            groups=["spectrum"] * 85 + ["label"] * 4)
+    noise = np.random.default_rng(0).normal(scale=0.1, size=85)
+    res = ev.extinction_curve(_ExactExtinctionModel(vocab, noise))
+    assert res["deviation"] > 0.15
+    assert 0.06 < res["token_scatter"] < 0.14
+    assert res["smooth_deviation"] < 0.08
+
+
+def _f99_giants(vocab, n, ebv_noise=0.0, seed=0):
+    """RGB stars whose G-normalised spectra obey F99 exactly; logebv optionally measured with noise in E(B-V)."""
+    rng = np.random.default_rng(seed)
+    _, waves = ev.flux_tokens(vocab)
+    teff, logg, m_h = rng.uniform(4450, 5050, n), rng.uniform(1.9, 3.1, n), rng.uniform(-0.5, 0.3, n)
+    ebv = rng.uniform(0.05, 1.5, n)
+    f0 = (waves / 500.0) ** (-4) * np.exp(-np.outer(teff / 2000.0, waves / 500.0)) * (1 + 0.05 * m_h[:, None])
+    f = f0 * 10 ** (-0.4 * np.stack([ev.f99_extinction(waves, e) for e in ebv]))
+    flux = f / np.sum(waves * f, axis=1, keepdims=True)
+    measured = np.clip(ebv + rng.normal(scale=ebv_noise, size=n), 1e-3, None) if ebv_noise else ebv
+    values = np.concatenate([flux, np.stack([teff, logg, m_h, np.log(measured)], axis=1)], axis=1)
+    return Split(values, np.full(values.shape, np.nan), np.arange(n)), ebv, measured
+
+
+def test_empirical_extinction_curve_of_f99_stars_and_of_a_noisy_label():
+    pytest.importorskip("extinction")
+    vocab = Vocabulary.unit([f"f{w}" for w in range(340, 1020, 8)] + ["teff", "logg", "m_h", "logebv"],
+                            groups=["spectrum"] * 85 + ["label"] * 4)
+    ext = ev.extinction_curve(_ExactExtinctionModel(vocab))
+    exact, _, _ = _f99_giants(vocab, 3000)
+    res = ev.empirical_extinction_curve(vocab, exact, ext)
+    assert res["n_stars"] == 3000
+    assert res["data_vs_f99_scale"] == pytest.approx(1.0, abs=0.01) and res["data_vs_f99_shape"] < 0.01
+    assert res["model_vs_data_scale"] == pytest.approx(1.0, abs=0.01) and res["model_vs_data_shape"] < 0.01
+    assert res["model_local_vs_data_scale"] == pytest.approx(1.0, abs=0.01)
+    np.testing.assert_allclose(res["model_chord_vs_data_scale"], 1.0, atol=0.01)
+    # Label noise flattens the slopes by the reliability cov(E, E_measured) / var(E_measured) (errors in variables).
+    noisy, true_ebv, measured = _f99_giants(vocab, 20000, ebv_noise=0.3, seed=1)
+    res = ev.empirical_extinction_curve(vocab, noisy, ext, max_ebv=np.inf)
+    reliability = np.cov(true_ebv, measured)[0, 1] / np.var(measured, ddof=1)
+    assert reliability < 0.8
+    assert res["data_vs_f99_scale"] == pytest.approx(reliability, rel=0.03)
+    assert res["data_vs_f99_shape"] < 0.02
+    assert res["model_vs_data_scale"] == pytest.approx(1 / reliability, rel=0.03)
 
 
 # ----------------------------------------------------------------------------- the shipped model on real stars
@@ -232,7 +285,9 @@ def test_evaluate_cli_writes_a_report(real, tmp_path, capsys):
     assert main(["--model", "small", "--out", str(out), "--quick", "--max-stars", "200", "--no-xgboost"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_stars"] == 200 and metrics["model"]["epochs_trained"] >= 1
-    assert (out / "report.md").read_text().startswith("# Evaluation report")
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Evaluation report") and "| data vs F99 |" in report
+    assert metrics["extinction_in_data"]["n_stars"] > 1000  # the train split's RGB stars
     for png in ("spectra_to_labels", "calibration", "labels_to_spectra", "spectrum_to_spectrum", "kiel_diagram",
                 "extinction_curve", "attention", "never_requested_outputs", "spectral_sequences"):
         assert (out / f"{png}.png").stat().st_size > 1000

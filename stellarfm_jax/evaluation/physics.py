@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..inference import attention_without_bias
+from ..vocab import robust_scale
 from .common import flux_tokens
 from .spectra import NO_EXTINCTION_LOGEBV
 
@@ -60,7 +61,10 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
     synthetic photometry of the model's unextincted spectrum (:func:`synthetic_g_extinction`), giving the
     model's A_lambda / E(B-V); ``ratio`` = model / F99 per wavelength, averaged over the track and E(B-V).
     ``deviation`` = max |ratio - 1| over ``compare_nm``; ``shape_deviation`` the same after fitting the one
-    free offset (A_G) by least squares, i.e. the curve's shape alone.
+    free offset (A_G) by least squares, i.e. the curve's shape alone. To tell a curve that is off from one that is
+    noisy, the ratio is also fitted over ``compare_nm`` by a quadratic in 1/lambda: ``smooth_deviation`` =
+    max |smooth ratio - 1| (how far the curve is off) and ``token_scatter`` = the robust std of the ratio about
+    that fit (token-to-token noise of the model's spectra, which F99 does not have).
     """
     flux, waves = flux_tokens(model.vocab)
     ebvs = np.asarray(ebvs, np.float64)
@@ -82,6 +86,8 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
     rel_mean = np.nanmean(relative, axis=(0, 1))
     offset = float(np.nanmean(f99_curve[inside] - rel_mean[inside]))  # least-squares free A_G / E
     shape_ratio = (rel_mean + offset) / f99_curve
+    ok = inside & np.isfinite(ratio)
+    smooth = np.polyval(np.polyfit(1.0 / waves[ok], ratio[ok], 2), 1.0 / waves)
     return {
         "wavelength_nm": waves.tolist(), "ebv": ebvs.tolist(), "track": [list(p) for p in track], "r_v": r_v,
         "model_a_over_ebv": model_curve.tolist(), "f99_a_over_ebv": f99_curve.tolist(), "ratio": ratio.tolist(),
@@ -92,6 +98,76 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
         "median_deviation": float(np.nanmedian(np.abs(ratio[inside] - 1))),
         "shape_deviation": float(np.nanmax(np.abs(shape_ratio[inside] - 1))),
         "shape_ratio": shape_ratio.tolist(),
+        "smooth_ratio": smooth.tolist(),
+        "smooth_deviation": float(np.max(np.abs(smooth[ok] - 1))),
+        "token_scatter": float(robust_scale(ratio[ok] - smooth[ok])),
+    }
+
+
+def _scale_and_shape(curve, reference):
+    """Least-squares scale s of ``curve`` ~ s x ``reference`` and the largest residual as a fraction of the
+    reference's range (both curves already centred)."""
+    scale = float(np.sum(curve * reference) / np.sum(reference**2))
+    shape = float(np.max(np.abs(curve - scale * reference)) / np.ptp(reference))
+    return scale, shape
+
+
+def empirical_extinction_curve(vocab, split, ext: dict, teff_range=(4400.0, 5100.0), logg_range=(1.8, 3.2),
+                               max_ebv: float = 2.0) -> dict:
+    """What the training data themselves say about the extinction curve, against F99 and against the model's
+    curve ``ext`` (from :func:`extinction_curve`).
+
+    Over the RGB stars of ``split`` near the model curve's track (``teff_range``, ``logg_range``, finite m_h
+    and logebv, E(B-V) <= ``max_ebv``), each flux token's -2.5 log10(flux / F_G) is regressed (least squares)
+    on E(B-V) = exp(logebv) with intrinsic terms (teff - 4750, its square, logg - 2.5, m_h). Its E(B-V) slope
+    is (A_lambda - A_G) / E(B-V) per unit of the data's label. Curves are compared after removing their mean
+    over ``ext``'s compare range, which cancels A_G (the same for every token of a star) exactly, so no
+    synthetic photometry is involved: ``scale`` is the least-squares amplitude of one centred curve against
+    another (1 = the same reddening per unit E(B-V)) and ``shape`` the largest residual after that scale, as a
+    fraction of the reference's range. A noisy label flattens such slopes (regression dilution) for the data and
+    for a model trained on them alike, so model-vs-data isolates what the model did not learn, and data-vs-F99
+    what the label and the sample's dust differ by.
+
+    The model's curve is a chord from "no extinction" to each E(B-V); a response linear in E(B-V), as dust's
+    is, gives the same scale for every chord and for the local slope between the outer two E(B-V) values
+    (``model_chord_vs_data_scale`` per E(B-V), ``model_local_vs_data_scale``).
+    """
+    names, waves = flux_tokens(vocab)
+    col = lambda n: split.values[:, vocab.token_id(n) - 1].astype(np.float64)  # noqa: E731
+    teff, logg, m_h, logebv = col("teff"), col("logg"), col("m_h"), col("logebv")
+    ebv = np.exp(logebv)
+    with np.errstate(invalid="ignore"):
+        stars = (np.isfinite(teff) & np.isfinite(logg) & np.isfinite(m_h) & np.isfinite(logebv)
+                 & (teff >= teff_range[0]) & (teff <= teff_range[1]) & (logg >= logg_range[0])
+                 & (logg <= logg_range[1]) & (ebv <= max_ebv))
+    dt = (teff - 4750.0) / 1000.0
+    design = np.stack([np.ones_like(dt), dt, dt**2, logg - 2.5, m_h, ebv], axis=1)
+    flux = split.values[:, vocab.ids(names) - 1].astype(np.float64)
+    slope = np.full(len(names), np.nan)
+    for j in range(len(names)):
+        with np.errstate(invalid="ignore"):
+            ok = stars & (flux[:, j] > 0)
+        if ok.sum() > 20:
+            coef, *_ = np.linalg.lstsq(design[ok], -2.5 * np.log10(flux[ok, j]), rcond=None)
+            slope[j] = coef[-1]
+    inside = (waves >= ext["compare_nm"][0]) & (waves <= ext["compare_nm"][1]) & np.isfinite(slope)
+    centred = lambda c: np.asarray(c, np.float64)[inside] - np.mean(np.asarray(c, np.float64)[inside])  # noqa: E731
+    data, f99 = centred(slope), centred(ext["f99_a_over_ebv"])
+    chords, ebvs = np.asarray(ext["relative_per_ebv"]), np.asarray(ext["ebv"])  # [E, W]: (A - A_G) / E from E ~ 0
+    model = centred(np.nanmean(chords, axis=0))
+    data_scale, data_shape = _scale_and_shape(data, f99)
+    model_scale, model_shape = _scale_and_shape(model, data)
+    local = (chords[-1] * ebvs[-1] - chords[0] * ebvs[0]) / (ebvs[-1] - ebvs[0])
+    return {
+        "n_stars": int(stars.sum()), "teff_range": list(teff_range), "logg_range": list(logg_range),
+        "max_ebv": max_ebv, "ebv_median": float(np.median(ebv[stars])) if stars.any() else float("nan"),
+        "compare_nm": list(ext["compare_nm"]), "wavelength_nm": waves[inside].tolist(),
+        "data_relative": data.tolist(), "f99_relative": f99.tolist(), "model_relative": model.tolist(),
+        "data_vs_f99_scale": data_scale, "data_vs_f99_shape": data_shape,
+        "model_vs_data_scale": model_scale, "model_vs_data_shape": model_shape,
+        "model_vs_f99_scale": _scale_and_shape(model, f99)[0],
+        "model_chord_vs_data_scale": [_scale_and_shape(centred(c), data)[0] for c in chords],
+        "model_local_vs_data_scale": _scale_and_shape(centred(local), data)[0],
     }
 
 
