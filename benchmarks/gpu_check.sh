@@ -13,4 +13,5 @@ if [[ " $* " != *" --dry-run "* ]] && command -v nvidia-smi >/dev/null 2>&1; the
 fi
 # Lift the default 75% preallocation so the memory figure is the program's peak, not the pool size.
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
-exec timeout "${GPU_CHECK_TIMEOUT_S:-460}" python benchmarks/gpu_check.py "$@"
+# python3: the device image has no plain `python`; PYTHON overrides (gpu_session.py passes its own interpreter).
+exec timeout "${GPU_CHECK_TIMEOUT_S:-460}" "${PYTHON:-python3}" benchmarks/gpu_check.py "$@"

@@ -15,7 +15,7 @@ Here, before the call (the prepared HDF5 travels in an ignored folder; ``../shar
 
 On the device (``run`` with ``carry=[".carry"]``, ``timeout_s=600``)::
 
-    PYTHONUNBUFFERED=1 python scripts/gpu_session.py run --data .carry/xp_sampled_apogee-xp-library_*_v1.h5
+    PYTHONUNBUFFERED=1 python3 scripts/gpu_session.py run --data .carry/xp_sampled_apogee-xp-library_*_v1.h5
 
 Back here, with the folder the tool returned the files in::
 
@@ -61,8 +61,10 @@ def plan_epochs(check: dict | None, n_train: int, seconds: float, fallback: int 
 
 def _stage(cmd: list[str], timeout: float, log) -> int:
     log(f"$ {shlex.join(cmd)}   (time limit {timeout:.0f} s)")
+    # gpu_check.sh runs its Python under `timeout`, which must stop it first: a killed `timeout` orphans it.
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_TIMEOUT_S=str(max(int(timeout) - 5, 1)))
     try:
-        return subprocess.run(cmd, cwd=REPO, timeout=timeout).returncode
+        return subprocess.run(cmd, cwd=REPO, timeout=timeout, env=env).returncode
     except subprocess.TimeoutExpired:
         log(f"stage stopped at its time limit of {timeout:.0f} s")
         return 124
