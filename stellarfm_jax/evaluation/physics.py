@@ -56,7 +56,7 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
     """Task 6: the extinction curve the model learned, against F99 at ``r_v``.
 
     For each (teff, logg) of ``track`` and each E(B-V) in ``ebvs`` the model predicts the spectrum with
-    logebv = ln E(B-V) and with no extinction. Flux tokens are divided by the star's (extincted) G-band flux,
+    logebv = ln E(B-V) and with "no extinction" (``NO_EXTINCTION_LOGEBV``, E(B-V) = 0.01). Flux tokens are divided by the star's (extincted) G-band flux,
     so -2.5 log10(f_ext / f_0) / E(B-V) measures (A_lambda - A_G) / E(B-V). A_G is added back from F99 by
     synthetic photometry of the model's unextincted spectrum (:func:`synthetic_g_extinction`), giving the
     model's A_lambda / E(B-V); ``ratio`` = model / F99 per wavelength, averaged over the track and E(B-V).
@@ -73,12 +73,14 @@ def extinction_curve(model, track=RGB_TRACK, ebvs=EXTINCTION_EBV, m_h: float = 0
     res = model.perceive(np.asarray(rows), names).request(flux)
     f = np.stack([res[n] for n in flux], axis=1).reshape(len(track), 1 + len(ebvs), len(flux))
     f0, fext = f[:, :1], f[:, 1:]
+    # Differences against the "no extinction" reference E0 = exp(NO_EXTINCTION_LOGEBV), per unit E - E0.
+    delta = ebvs - np.exp(NO_EXTINCTION_LOGEBV)
     with np.errstate(invalid="ignore", divide="ignore"):
-        # The reference "no extinction" is E(B-V) = exp(-7), the data's floor: difference against it.
-        relative = -2.5 * np.log10(fext / f0) / (ebvs - np.exp(NO_EXTINCTION_LOGEBV))[None, :, None]
-    f99 = np.stack([f99_extinction(waves, e, r_v) / e for e in ebvs])  # [ebv, W]: A_l / E
-    a_g = np.array([[synthetic_g_extinction(waves, f0[i, 0], f99[j] * e) / e for j, e in enumerate(ebvs)]
-                    for i in range(len(track))])  # [track, ebv]: A_G / E from F99
+        relative = -2.5 * np.log10(fext / f0) / delta[None, :, None]
+    f99 = np.stack([f99_extinction(waves, e, r_v) / e for e in ebvs])  # [ebv, W]: A_l / E (F99 is linear in E)
+    # A_G of the extra E - E0 on the model's reference spectrum (synthetic photometry), per unit E - E0.
+    a_g = np.array([[synthetic_g_extinction(waves, f0[i, 0], f99[j] * d) / d for j, d in enumerate(delta)]
+                    for i in range(len(track))])  # [track, ebv]
     model_curve = np.nanmean(relative + a_g[:, :, None], axis=(0, 1))  # [W]: A_l / E
     f99_curve = f99.mean(axis=0)
     ratio = model_curve / f99_curve
