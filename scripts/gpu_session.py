@@ -127,6 +127,7 @@ def run(data: str, out: pathlib.Path, budget_s: float, check_share: float, dry_r
     session.update(config=config, epochs_planned=epochs, n_train=n_train, train_seconds_allowed=train_s,
                    train_command=command)
     session["train_rc"] = _stage(train_cmd, max(train_s, 30), log)
+    workdir.mkdir(parents=True, exist_ok=True)  # a run that failed before starting still gets packed and recorded
     (workdir / "command.txt").write_text(command + "\n")
     session["parts"] = [p.name for p in pack(workdir, out)]
     session["total_s"] = time.perf_counter() - t0
