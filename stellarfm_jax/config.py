@@ -61,6 +61,29 @@ class ModelConfig:
             raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
 
 
+# Task-aware context templates (stellarfm_jax.sampling); "half_spectrum" is blue -> red and red -> blue, half each.
+TASK_TEMPLATE_NAMES = ("labels_to_spectrum", "spectrum_to_labels", "half_spectrum")
+
+
+def validate_task_probabilities(items, where: str = "task_probabilities") -> None:
+    """((name, p), ...): known, distinct template names, p >= 0, sum <= 1; else a ValueError naming the problem."""
+    names = []
+    for item in items:
+        try:
+            ok = len(item) == 2 and item[0] in TASK_TEMPLATE_NAMES and float(item[1]) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{where} entries must be (template, probability >= 0) with template among "
+                             f"{TASK_TEMPLATE_NAMES}, got {item!r}")
+        names.append(item[0])
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where} names a template twice: {names}")
+    if sum(float(p) for _, p in items) > 1.0 + 1e-9:
+        raise ValueError(f"{where} must sum to at most 1 (the rest is the paper's random subset), got "
+                         f"{sum(float(p) for _, p in items)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training procedure; defaults reproduce the paper's (original_spec §5.1)."""
@@ -91,6 +114,12 @@ class TrainConfig:
     # > 0: accumulate each step's gradient over micro-batches of about this many stars (same step; on a
     # CPU, small micro-batches keep the activations in cache; on a GPU leave 0 = the whole batch at once).
     micro_batch_size: int = 0
+    # Task-aware contexts (stellarfm_jax.sampling.task_templates): ((template, probability), ...) with templates
+    # among TASK_TEMPLATE_NAMES; the rest of the probability is the paper's random subset; () = off (the paper).
+    task_probabilities: tuple[tuple[str, float], ...] = ()
+    # labels_to_spectrum: probability that logebv (resp. the colours) join the labels in the context.
+    task_logebv_probability: float = 0.5
+    task_colour_probability: float = 0.0
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:
@@ -108,6 +137,10 @@ class TrainConfig:
         for item in self.output_weights:
             if len(item) != 2 or not isinstance(item[0], str) or float(item[1]) < 0:
                 raise ValueError(f"train.output_weights entries must be (name, weight >= 0), got {item!r}")
+        validate_task_probabilities(self.task_probabilities, "train.task_probabilities")
+        for name in ("task_logebv_probability", "task_colour_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"train.{name} must lie in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +187,7 @@ def _from_dict(cls, d: dict):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             value = _from_dict(hint, value)
-        elif f.name == "output_weights":
+        elif f.name in ("output_weights", "task_probabilities"):
             value = tuple((str(k), float(w)) for k, w in value)
         elif f.name == "drop_tokens":
             value = tuple(str(n) for n in value)
