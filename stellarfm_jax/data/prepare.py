@@ -14,35 +14,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import BadInputError
 from .. import __version__, schemas
 from .catalogue import Catalogue
 from .dataset import Dataset, Split
-from .h5io import atomic_write, write_dataset
+from .h5io import DATA_CODE_VERSION, atomic_write, write_dataset
 from .split import read_id_list, split_of
 from .summary import format_summary, summarise, summary_json
 
-# Bump when a change alters prepared files (part of the cache key).
-DATA_CODE_VERSION = "1"
 SOURCES = ("apogee-xp-library", "original-h5", "gaia-archive")
 
 
-def load_catalogue(schema: str, source: str, path=None, grid=None, cache_dir=None) -> Catalogue:
-    """Read ``source`` into ``schema`` tokens. ``path`` is required for original-h5 and gaia-archive."""
-    if schema not in ("xp_sampled", "paper"):
-        raise ValueError(f"unknown schema {schema!r}; expected 'xp_sampled' or 'paper'")
+def load_catalogue(schema: str, source: str, path=None, grid=None, cache_dir=None, g_from: str = "catalogue"
+                   ) -> Catalogue:
+    """Read ``source`` into ``schema`` tokens. ``path`` is required for original-h5 and gaia-archive; ``g_from``
+    (gaia-archive only) says where the G magnitude comes from (`stellarfm_jax.data.archive.g_magnitudes`)."""
+    schemas.get_schema(schema)  # unknown schema: an error listing the known ones, before any file is read
     if source == "apogee-xp-library":
-        if schema == "paper":
-            raise ValueError(
-                "the APOGEE x Gaia XP library holds sampled spectra, not XP coefficients, so it cannot make the "
-                "'paper' schema (sampled flux does not convert back to coefficients); use --schema xp_sampled, or "
-                "--source gaia-archive / original-h5 for the paper schema"
-            )
-        from .library import library_catalogue, locate_library, read_library
+        from .library import check_library_schema, library_catalogue, locate_library, read_library
 
+        check_library_schema(schema)
         columns, digest = read_library(path or locate_library(cache_dir))
-        return library_catalogue(columns, digest, grid=grid)
+        return library_catalogue(columns, digest, grid=grid, schema=schema)
     if path is None:
-        raise ValueError(f"--source {source} needs a file path")
+        raise BadInputError(f"--source {source} needs a file path")
     from .library import sha256_of
 
     digest = sha256_of(path)
@@ -53,8 +48,9 @@ def load_catalogue(schema: str, source: str, path=None, grid=None, cache_dir=Non
     if source == "gaia-archive":
         from .archive import archive_catalogue, read_xp_continuous
 
-        return archive_catalogue(read_xp_continuous(path), schema, grid=grid, path=str(path), sha256=digest)
-    raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+        return archive_catalogue(read_xp_continuous(path), schema, grid=grid, path=str(path), sha256=digest,
+                                 g_from=g_from)
+    raise BadInputError(f"unknown source {source!r}; expected one of {SOURCES}")
 
 
 def drop_empty_tokens(catalogue: Catalogue, log=print) -> Catalogue:
@@ -68,7 +64,7 @@ def drop_empty_tokens(catalogue: Catalogue, log=print) -> Catalogue:
     vocab = schemas.schema_vocabulary(catalogue.vocab.schema, names)
     provenance = {**catalogue.provenance, "tokens_without_values": dropped}
     return Catalogue(vocab, catalogue.values[:, has_value], catalogue.errors[:, has_value], catalogue.source_id,
-                     provenance)
+                     provenance, catalogue.flags)
 
 
 def build_dataset(catalogue: Catalogue, exclude_ids=None) -> Dataset:
@@ -82,7 +78,7 @@ def build_dataset(catalogue: Catalogue, exclude_ids=None) -> Dataset:
         keep = (which == name) & (~excluded if name != "test" else True)
         splits[name] = Split(catalogue.values[keep], catalogue.errors[keep], catalogue.source_id[keep])
     if len(splits["train"]) == 0:
-        raise ValueError("the train split is empty: the source has too few stars (or all are excluded)")
+        raise BadInputError("the train split is empty: the source has too few stars (or all are excluded)")
     vocab = catalogue.vocab.with_statistics(splits["train"].values)
     provenance = {**catalogue.provenance, "code_version": f"stellarfm_jax {__version__} / data {DATA_CODE_VERSION}",
                   "split": "splitmix64(source_id) % 10: 0 test, 1 val, else train",
@@ -94,11 +90,13 @@ def output_path(out_dir, schema: str, source: str) -> Path:
     return Path(out_dir) / f"{schema}_{source}.h5"
 
 
-def prepare(schema: str = "xp_sampled", source: str = "apogee-xp-library", path=None, out_dir=".",
-            exclude_ids_file=None, grid=None, cache_dir=None, log=print, out_file=None) -> Path:
+def prepare(schema: str = schemas.DEFAULT_SCHEMA, source: str = "apogee-xp-library", path=None, out_dir=".",
+            exclude_ids_file=None, grid=None, cache_dir=None, log=print, out_file=None, g_from: str = "catalogue"
+            ) -> Path:
     """Prepare a data set file and its summary; returns the .h5 path. Nothing is left half-written on failure."""
     start = time.perf_counter()
-    catalogue = drop_empty_tokens(load_catalogue(schema, source, path, grid=grid, cache_dir=cache_dir), log)
+    catalogue = drop_empty_tokens(load_catalogue(schema, source, path, grid=grid, cache_dir=cache_dir, g_from=g_from),
+                                  log)
     exclude = read_id_list(exclude_ids_file) if exclude_ids_file else None
     ds = build_dataset(catalogue, exclude)
     target = Path(out_file) if out_file else output_path(out_dir, schema, source)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cli import BadFileError
+
 TEST_BUCKET = 0
 VAL_BUCKET = 1
 N_BUCKETS = 10
@@ -40,5 +42,5 @@ def read_id_list(path) -> np.ndarray:
                 try:
                     ids.append(int(word))
                 except ValueError:
-                    raise ValueError(f"{path}:{line_number}: expected an integer source id, got {word!r}") from None
+                    raise BadFileError(f"{path}:{line_number}: expected an integer source id, got {word!r}") from None
     return np.asarray(ids, dtype=np.int64)
