@@ -84,7 +84,7 @@ def study(widths=(8.0, 12.0, 16.0, 18.0, 24.0), start_nm=336.0, stop_nm=1020.0) 
     total = np.sum((flux[good] - flux[good].mean(0)) ** 2)
     out = {"stars": int(good.sum()), "median_flux_error": float(np.nanmedian(np.abs(rel_err[good]))), "widths": {}}
     for width in widths:
-        centres = schemas.xp_sampled_bin_centres(start_nm, stop_nm, width)
+        centres = schemas.bin_centres(start_nm, stop_nm, width)
         tokens = flux @ bin_weights(sampling, centres, width).T
         back = interpolate_back(tokens, centres, sampling)
         resid = np.sum((flux[good] - back[good]) ** 2)
