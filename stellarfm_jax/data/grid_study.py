@@ -74,7 +74,7 @@ def study(widths=(8.0, 12.0, 16.0, 18.0, 24.0), start_nm=336.0, stop_nm=1020.0) 
     which = split_of(col["gaiaedr3_source_id"])
     labels = np.stack([col[c].astype(np.float64) for c in ("teff", "logg", "fe_h")], 1)
     label_err = np.stack([col[c].astype(np.float64) for c in ("teff_err", "logg_err", "fe_h_err")], 1)
-    limit = np.array([MAX_LABEL_ERROR[k] for k in ("teff", "logg", "m_h")])
+    limit = np.array([MAX_LABEL_ERROR[k] for k in schemas.HEADLINE_LABELS])
     good_labels = (col["snr"] >= MIN_SNR) & np.all(np.isfinite(labels) & (labels > -9000) & (label_err <= limit), 1)
     colours = np.stack([bprp_colour(col["gaiaedr3_phot_bp_mean_mag"], col["gaiaedr3_phot_rp_mean_mag"])[0],
                         colour(col["j"], col["h"], 0.0, 0.0)[0], colour(col["j"], col["k"], 0.0, 0.0)[0]], 1)
@@ -91,7 +91,7 @@ def study(widths=(8.0, 12.0, 16.0, 18.0, 24.0), start_nm=336.0, stop_nm=1020.0) 
         with np.errstate(divide="ignore", invalid="ignore"):
             x = np.concatenate([np.log(np.clip(tokens, 1e-6, None)), colours], 1)
         scatter = {name: _quadratic_ridge_scatter(x[train], labels[train, k], x[val], labels[val, k])
-                   for k, name in enumerate(("teff", "logg", "m_h"))}
+                   for k, name in enumerate(schemas.HEADLINE_LABELS)}
         out["widths"][f"{width:g}"] = {
             "flux_tokens": len(centres), "tokens_with_colours": len(centres) + 3,
             "variance_kept": float(1 - resid / total),
