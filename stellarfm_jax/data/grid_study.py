@@ -55,12 +55,12 @@ def _quadratic_ridge_scatter(x_train, y_train, x_val, y_val, n_components=20, ri
 def study(widths=(8.0, 12.0, 16.0, 18.0, 24.0), start_nm=336.0, stop_nm=1020.0) -> dict:
     from .. import schemas
     from .catalogue import bprp_colour, clean_magnitude, colour
-    from .library import LIBRARY_SAMPLING_NM, MAX_LABEL_ERROR, MIN_SNR, _dedupe_by_source_id, locate_library, read_library
+    from .library import LIBRARY_SAMPLING_NM, MAX_LABEL_ERROR, MIN_SNR, dedupe_by_source_id, locate_library, read_library
     from .split import split_of
     from .xp import bin_weights, g_band_flux
 
     columns, _ = read_library(locate_library())
-    keep = _dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
+    keep = dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
                                 np.nan_to_num(np.asarray(columns["snr"], np.float64), nan=-np.inf))
     col = {k: np.asarray(v)[keep] for k, v in columns.items()}
     medflux = col["medflux"].astype(np.float64)[:, None]

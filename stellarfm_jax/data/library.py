@@ -198,7 +198,7 @@ def read_library(path, expected_sha256: str | None = FITS_SHA256):
     return columns, digest
 
 
-def _dedupe_by_source_id(source_id, snr) -> np.ndarray:
+def dedupe_by_source_id(source_id, snr) -> np.ndarray:
     """Row indices keeping, for each source id, its highest-snr row (first on ties), in source-id order."""
     order = np.lexsort((np.arange(source_id.size), -snr, source_id))
     ids_sorted = source_id[order]
@@ -227,7 +227,7 @@ def library_catalogue(columns: dict, sha256: str, grid=None, width_nm: float | N
     ``grid``: flux bin centres in nm (default: the schema's grid), ``width_nm`` their width (default: their spacing);
     ``names`` restricts the tokens."""
     schema = check_library_schema(schemas.DEFAULT_SCHEMA if schema is None else schema)
-    keep = _dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
+    keep = dedupe_by_source_id(np.asarray(columns["gaiaedr3_source_id"], np.int64),
                                 np.nan_to_num(np.asarray(columns["snr"], np.float64), nan=-np.inf))
     col = {k: np.asarray(v)[keep] for k, v in columns.items()}
     f64 = {k: v.astype(np.float64) for k, v in col.items() if k not in ("gaiaedr3_source_id", "flux", "flux_error")}
