@@ -411,3 +411,7 @@ def test_default_dataset_made_by_older_data_code_is_not_reused(tmp_path, monkeyp
     assert "was not made by this code (format 1, data code None" in capsys.readouterr().out
     with pytest.raises(ValueError, match="known schemas: paper, xp_coarse, xp_sampled"):
         default_dataset_path("xp_fine", cache_dir=tmp_path)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="cannot make the 'paper' schema"):
+        default_dataset_path("paper", cache_dir=tmp_path)
+    assert capsys.readouterr().out == "" and made == ["xp_coarse"] * 2  # refused before anything is prepared

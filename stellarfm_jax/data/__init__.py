@@ -36,10 +36,10 @@ def default_dataset_path(schema: str | None = None, cache_dir=None) -> Path:
     """
     from .. import schemas
     from .h5io import DATA_CODE_VERSION, FORMAT_VERSION, file_versions
-    from .library import FITS_SHA256
+    from .library import FITS_SHA256, check_library_schema
     from .prepare import prepare
 
-    schema = schemas.get_schema(schemas.DEFAULT_SCHEMA if schema is None else schema).name
+    schema = check_library_schema(schemas.DEFAULT_SCHEMA if schema is None else schema).name
     cache = Path(cache_dir) if cache_dir is not None else cache_directory()
     target = cache / "datasets" / f"{schema}_apogee-xp-library_{FITS_SHA256[:12]}_v{DATA_CODE_VERSION}.h5"
     if target.is_file():
