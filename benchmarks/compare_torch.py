@@ -57,7 +57,7 @@ from stellarfm_jax.nn import StellarPerceptron, init_params  # noqa: E402
 from stellarfm_jax.optim import make_optimizer  # noqa: E402
 from stellarfm_jax.sampling import StarData, output_weight_vector  # noqa: E402
 from stellarfm_jax.schemas import paper_vocabulary  # noqa: E402
-from stellarfm_jax.steps import make_train_epoch  # noqa: E402
+from stellarfm_jax.train import epoch_function  # noqa: E402
 from stellarfm_jax.train_state import TrainState  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -214,17 +214,12 @@ def bench_config(name: str, repeats: int, train_steps: int, infer_stars: int, bu
     params = init_params(model, jax.random.key(0))
     data = StarData(jnp.asarray(np.nan_to_num(z)), jnp.asarray(np.nan_to_num(err)), jnp.asarray(available))
     weights = output_weight_vector(vocab)
-    epoch_fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=train_steps,
-                                output_weights=weights, seed=0,
-                                sample_kwargs=dict(context_length=mcfg.context_length, max_padding=cfg.train.max_padding,
-                                                   num_outputs=1))
     variants = {"train_ours": (1, 0), "train_ours_micro": (1, micro), "train_ours_buckets_micro": (buckets, micro)}
     runs, compile_s = {}, {}
     for key, (num_buckets, micro_batch) in variants.items():
-        fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=train_steps,
-                              output_weights=weights, seed=0, num_buckets=num_buckets, micro_batch_size=micro_batch,
-                              sample_kwargs=dict(context_length=mcfg.context_length,
-                                                 max_padding=cfg.train.max_padding, num_outputs=1))
+        vcfg = dataclasses.replace(cfg, model=mcfg, train=dataclasses.replace(
+            cfg.train, length_buckets=num_buckets, micro_batch_size=micro_batch, outputs_per_star=1))
+        fn = epoch_function(vcfg, vocab, optimizer, weights, batch_size=batch, steps_per_epoch=train_steps)
         st = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)  # donated: keep params intact
         t0 = time.perf_counter()
         st, m = fn(st, data, 0)

@@ -36,7 +36,7 @@ from stellarfm_jax.nn import StellarPerceptron, count_params, init_params  # noq
 from stellarfm_jax.optim import make_optimizer  # noqa: E402
 from stellarfm_jax.sampling import StarData, output_weight_vector  # noqa: E402
 from stellarfm_jax.schemas import paper_vocabulary  # noqa: E402
-from stellarfm_jax.steps import make_train_epoch  # noqa: E402
+from stellarfm_jax.train import epoch_function  # noqa: E402
 from stellarfm_jax.train_state import TrainState  # noqa: E402
 
 # Dense peak TFLOP/s per device kind (vendor datasheets, without sparsity): (float32 non-tensor, bf16 tensor).
@@ -91,10 +91,10 @@ def bench_train(cfg, vocab, dtype: str, buckets: int, steps: int, batch: int, ep
     optimizer = make_optimizer(cfg.train, steps)
     state = TrainState.create(init_params(model, jax.random.key(0)), optimizer)
     data = synthetic_star_data(vocab, batch * steps)
-    epoch_fn = make_train_epoch(model, optimizer, batch_size=batch, steps_per_epoch=steps,
-                                output_weights=output_weight_vector(vocab), seed=0, num_buckets=buckets,
-                                micro_batch_size=micro, sample_kwargs=dict(context_length=mcfg.context_length,
-                                                   max_padding=cfg.train.max_padding, num_outputs=1))
+    run_cfg = dataclasses.replace(cfg, model=mcfg, train=dataclasses.replace(
+        cfg.train, length_buckets=buckets, micro_batch_size=micro, outputs_per_star=1))
+    epoch_fn = epoch_function(run_cfg, vocab, optimizer, output_weight_vector(vocab), batch_size=batch,
+                              steps_per_epoch=steps)
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, data, 0).compile()
     compile_s = time.perf_counter() - t0

@@ -2,8 +2,8 @@
 
 A new token gets a new row in the embedding tables (used both as an input, ``gelu(W[t] v + B[t])``, and as a
 request, ``W[t]``), and the decoder and output head get low-rank adapters (LoRA: ``W + (alpha / r) A B`` on
-every attention and dense kernel). The base weights are frozen: they are closed over, never handed to the
-optimiser, and saved nowhere by this module.
+every attention and dense kernel). The base weights are frozen (``optim.freeze``: zero updates, no optimiser
+state) and saved nowhere by this module.
 
 The adapters are *gated by request*: requests do not attend to each other in the decoder, so a request for a
 new token can be decoded with the adapted weights while a request for an old token is decoded with the base
@@ -13,7 +13,7 @@ decoder. The encoder is not adapted (adapting it would change every old answer);
 through its embedding row only.
 
 Functional core: :func:`init_adapter`, :func:`extend_params`, :func:`merge_lora`, :func:`adapted_forward`,
-:func:`fine_tune` (a jitted epoch reusing the training sampler and step). Object shell:
+:func:`fine_tune` (the training seam of :mod:`stellarfm_jax.steps` with this module's loss). Object shell:
 :class:`AdaptedModel` (a :class:`~stellarfm_jax.inference.StellarModel` whose ``perceive(...).request(...)``
 routes requests as above), saved and loaded as an adapter directory separate from the base model.
 """
@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import forward
 from .config import ModelConfig
+from .forward import ModelSpec
 from .inference import StellarModel
-from .nn import StellarPerceptron
 from .saved_model import atomic_directory, flatten_params, params_sha256, unflatten_params
 from .vocab import PAD_ID, Vocabulary, align_columns, robust_scale
 
@@ -148,67 +149,47 @@ def merge_lora(params, adapter, scale: float) -> dict:
     return update(params, "")
 
 
-def _gated_decode(module, params, merged, perception, key_mask, requests, base_vocab_size: int, **kw):
+def _extended_spec(config: ModelConfig, base_vocab_size: int, adapter) -> ModelSpec:
+    return ModelSpec(config, base_vocab_size + adapter["embeddings"].shape[0])
+
+
+def _gated_decode(spec: ModelSpec, params, merged, perception, key_mask, requests, base_vocab_size: int,
+                  dropout_key=None):
     """Decode ``requests`` [B, R] with the base weights (old tokens) or the LoRA-merged ones (new tokens)."""
-    decode = StellarPerceptron.decode
-    mean_b, logvar_b = module.apply({"params": params}, perception, key_mask, requests, method=decode, **kw)
-    mean_a, logvar_a = module.apply({"params": merged}, perception, key_mask, requests, method=decode, **kw)
+    mean_b, logvar_b = forward.decode_fn(params, perception, key_mask, requests, spec=spec, dropout_key=dropout_key)
+    mean_a, logvar_a = forward.decode_fn(merged, perception, key_mask, requests, spec=spec, dropout_key=dropout_key)
     new = requests > base_vocab_size
     return jnp.where(new, mean_a, mean_b), jnp.where(new, logvar_a, logvar_b)
 
 
-def _adapted_model(base_params, adapter, config: ModelConfig, base_vocab_size: int, scale: float):
-    """(module over V + K tokens, base params with the new rows, the same with LoRA merged)."""
-    module = StellarPerceptron(config, base_vocab_size + adapter["embeddings"].shape[0])
-    params = extend_params(base_params, adapter)
-    return module, params, merge_lora(params, adapter, scale)
-
-
 def adapted_forward(base_params, adapter, values, tokens, requests, *, config: ModelConfig, base_vocab_size: int,
-                    scale: float, deterministic: bool = True, rngs=None):
+                    scale: float, dropout_key=None):
     """values [B, T], tokens [B, T] (ids up to V + K), requests [B, R] -> (mean, logvar) [B, R], standardised.
 
     Requests for old tokens (id <= V) are decoded with the base weights, requests for new tokens with the
-    LoRA-merged ones; the encoder (base weights, extended embedding tables) runs once."""
-    module, params, merged = _adapted_model(base_params, adapter, config, base_vocab_size, scale)
-    kw = dict(deterministic=deterministic, rngs=rngs)
-    perception = module.apply({"params": params}, values, tokens, method=StellarPerceptron.encode, **kw)
-    return _gated_decode(module, params, merged, perception, tokens != PAD_ID, requests, base_vocab_size, **kw)
-
-
-class _AdaptedModule:
-    """The ``model.apply({"params": adapter}, values, tokens, requests, ...)`` interface that the training
-    step (steps.make_train_step) expects, with the frozen base parameters closed over."""
-
-    def __init__(self, base_params, config: ModelConfig, base_vocab_size: int, scale: float):
-        self.base_params = base_params
-        self.config, self.base_vocab_size, self.scale = config, base_vocab_size, scale
-
-    def apply(self, variables, values, tokens, requests, deterministic: bool = True, rngs=None):
-        base = jax.tree.map(jax.lax.stop_gradient, self.base_params)
-        return adapted_forward(base, variables["params"], values, tokens, requests, config=self.config,
-                               base_vocab_size=self.base_vocab_size, scale=self.scale,
-                               deterministic=deterministic, rngs=rngs)
+    LoRA-merged ones; the encoder (base weights, extended embedding tables) runs once. Dropout on when a
+    ``dropout_key`` is given."""
+    spec = _extended_spec(config, base_vocab_size, adapter)
+    params = extend_params(base_params, adapter)
+    merged = merge_lora(params, adapter, scale)
+    perception = forward.encode_fn(params, values, tokens, spec=spec, dropout_key=dropout_key)
+    return _gated_decode(spec, params, merged, perception, tokens != PAD_ID, requests, base_vocab_size, dropout_key)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "base_vocab_size", "scale"))
-def _predict_adapted(base_params, adapter, values, tokens, requests, *, config, base_vocab_size, scale):
-    """Inference counterpart of :func:`adapted_forward` with the per-star embedding, like inference.predict: the
-    encoder once, then one request at a time (so R requests in one call equal R calls)."""
-    from .inference import masked_mean_embedding
-
-    if requests.ndim == 1:
-        requests = jnp.broadcast_to(requests, (tokens.shape[0], requests.shape[0]))
-    module, params, merged = _adapted_model(base_params, adapter, config, base_vocab_size, scale)
-    perception = module.apply({"params": params}, values, tokens, method=StellarPerceptron.encode)
+def predict_adapted(base_params, adapter, values, tokens, requests, *, config, base_vocab_size, scale):
+    """Inference counterpart of :func:`adapted_forward` with the per-star embedding, like
+    :func:`stellarfm_jax.forward.predict`: the encoder once, then one request at a time (so R requests in one
+    call equal R calls) -> (mean [B, R], logvar [B, R], embedding [B, D])."""
+    spec = _extended_spec(config, base_vocab_size, adapter)
+    requests = forward.broadcast_requests(requests, tokens.shape[0])
+    params = extend_params(base_params, adapter)
+    merged = merge_lora(params, adapter, scale)
+    perception = forward.encode_fn(params, values, tokens, spec=spec)
     key_mask = tokens != PAD_ID
-
-    def decode_one(request):  # [B] -> mean [B], logvar [B]
-        mean, logvar = _gated_decode(module, params, merged, perception, key_mask, request[:, None], base_vocab_size)
-        return mean[:, 0], logvar[:, 0]
-
-    mean, logvar = jax.lax.map(decode_one, requests.T)
-    return mean.T, logvar.T, masked_mean_embedding(perception, key_mask)
+    mean, logvar = forward.decode_requests(
+        lambda r: _gated_decode(spec, params, merged, perception, key_mask, r, base_vocab_size), requests)
+    return mean, logvar, forward.masked_mean_embedding(perception, key_mask)
 
 
 # ====================================================================================== vocabulary
@@ -256,7 +237,7 @@ class AdaptedModel(StellarModel):
     def predict_standardized(self, values, tokens, requests, return_attention: bool = False):
         if return_attention:
             raise NotImplementedError("attention maps of an adapted model are not implemented; use the base model's")
-        return _predict_adapted(self.base.params, self.adapter, values, tokens, requests, config=self.model_config,
+        return predict_adapted(self.base.params, self.adapter, values, tokens, requests, config=self.model_config,
                                 base_vocab_size=self.base.vocab.size, scale=self.adapter_config.scale)
 
     def invert(self, *args, **kwargs):
@@ -332,8 +313,9 @@ def fine_tune(base: StellarModel, values: np.ndarray, errors: np.ndarray, names,
     requests per star exactly like pre-training, with new tokens ``new_token_weight`` times as likely to be
     requested as an old output.
     """
-    from .sampling import output_weight_vector, to_star_data
-    from .steps import make_train_epoch
+    from .optim import freeze
+    from .sampling import SamplingConfig, output_weight_vector, to_star_data
+    from .steps import make_train_epoch, make_train_step, nll_loss, token_sampler
     from .train_state import TrainState
 
     config.validate()
@@ -366,17 +348,24 @@ def fine_tune(base: StellarModel, values: np.ndarray, errors: np.ndarray, names,
     steps_per_epoch = max(1, n_stars // batch_size)
     total_steps = steps_per_epoch * config.epochs
     schedule = optax.cosine_decay_schedule(config.learning_rate, total_steps, alpha=1e-3)
-    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
-    module = _AdaptedModule(base.params, base.model_config, base.vocab.size, config.scale)
+    optimizer = freeze(optax.adamw(schedule, weight_decay=config.weight_decay), {"base": False, "adapter": True})
     key = jax.random.key(config.seed)
     adapter = init_adapter(key, base.params, len(new_tokens), config.rank)
-    state = TrainState.create(adapter, optimizer)
+    # A copy of the base parameters: the epoch function donates (deletes) its state's buffers.
+    state = TrainState.create({"base": jax.tree.map(jnp.copy, base.params), "adapter": adapter}, optimizer)
     weights = np.array(output_weight_vector(vocab))
     weights[base.vocab.size:] = config.new_token_weight
-    sample_kwargs = dict(context_length=base.context_length, max_padding=max_padding,
-                         num_outputs=config.outputs_per_star, exclude_targets=False)
-    epoch_fn = make_train_epoch(module, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                                output_weights=jnp.asarray(weights), seed=config.seed, sample_kwargs=sample_kwargs)
+    sampling = SamplingConfig(context_length=base.context_length, max_padding=max_padding,
+                              num_outputs=config.outputs_per_star)
+
+    def forward_fn(params, values, tokens, requests, dropout_key):
+        return adapted_forward(jax.lax.stop_gradient(params["base"]), params["adapter"], values, tokens, requests,
+                               config=base.model_config, base_vocab_size=base.vocab.size, scale=config.scale,
+                               dropout_key=dropout_key)
+
+    train_step = make_train_step(nll_loss(forward_fn), optimizer)
+    epoch_fn = make_train_epoch(train_step, token_sampler(jnp.asarray(weights), sampling), batch_size=batch_size,
+                                steps_per_epoch=steps_per_epoch, seed=config.seed)
     data = to_star_data(vocab, full_values, full_errors)
     trainable = sum(x.size for x in jax.tree_util.tree_leaves(adapter))
     log(f"fine-tuning {len(new_tokens)} new token(s) {new_tokens} on {n_stars} labelled stars: {trainable:,} trainable "
@@ -392,4 +381,4 @@ def fine_tune(base: StellarModel, values: np.ndarray, errors: np.ndarray, names,
     seconds = time.perf_counter() - t0
     meta = {"adapter_training": {"stars": int(n_stars), "epochs": config.epochs, "seconds": round(seconds, 1),
                                  "history": history, "trainable_parameters": int(trainable)}}
-    return AdaptedModel(base, jax.device_get(state.params), vocab, config, meta)
+    return AdaptedModel(base, jax.device_get(state.params["adapter"]), vocab, config, meta)

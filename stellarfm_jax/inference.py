@@ -1,49 +1,25 @@
-"""Inference: a functional core of jitted pure functions and a thin object shell (DESIGN §5).
+"""The object shell of inference (DESIGN §5): :class:`StellarModel` (``load`` / ``save`` / ``perceive`` /
+``invert``), :class:`Perception` (validated, standardised inputs; stateless and cheap: the encoder runs again,
+chunk by chunk, at every ``request``, so memory stays bounded for catalogues of millions) and
+:class:`Prediction` (structured result in physical units with per-star flags).
 
-Functional core (everything takes and returns arrays / pytrees; ``spec`` is static):
-
-* :func:`encode` ``(params, values [B,T], tokens [B,T]) -> perception [B,T,D]``
-* :func:`decode` ``(params, perception [B,T,D], key_mask [B,T], requests [B,R]) -> (mean, logvar) [B,R]``
-* :func:`predict` ``(params, values, tokens, requests [R] or [B,R]) -> (mean, logvar [B,R], embedding [B,D])``,
-  encoder and decoder fused in one jit, so a chunk's perception never leaves the device call.
-* :func:`predict_with_attention`: the same plus the attention probabilities of every block and head.
-* :func:`map_chunks`: runs any of them over a catalogue of any size in fixed-size chunks.
-
-All values are standardised (``Vocabulary.standardize``); outputs are float32 in standardised units.
-
-Object shell: :class:`StellarModel` (``load`` / ``save`` / ``perceive`` / ``invert``), :class:`Perception`
-(validated, standardised inputs; stateless and cheap: the encoder runs again, chunk by chunk, at every
-``request``, so memory stays bounded for catalogues of millions) and :class:`Prediction` (structured result
-in physical units with per-star flags).
+The jitted pure functions it calls live in :mod:`stellarfm_jax.forward` (re-exported here), the input checks
+in :mod:`stellarfm_jax.inputs`.
 
 Decisions worth knowing:
 
-* Batch-position independence: every chunk is padded to a fixed row count (a power of two up to
-  ``chunk_size``) with all-padding rows, and every star goes through the same float32 program whatever its
-  position (the original's precision depended on the position, original_spec §9.8).
 * Requests: all R requested tokens decode in one call (requests do not attend to each other, so this is
   exactly R single calls, and faster).
-* Padding: NaN values become padding; each star's real tokens are moved to the front (stable order), so only
-  *real* tokens count against the context length.
-* Too many real tokens for the context length: ``overflow="error"`` (default) raises naming the star;
-  ``overflow="keep_informative"`` keeps, per star, the ``context_length`` tokens with the smallest
-  standardised measurement error (error / token scale; a token with no given error counts as 0 error), ties
-  kept in column order.
 * All-missing stars are answered from the model's prior (the bias_kv slot is always attendable) and flagged
   ``prior_only``; their embedding is NaN (a mean over no tokens).
-* Out-of-range inputs: a value is flagged when it lies outside the training range. When the model's
-  metadata holds ``token_range = {"min": [V], "max": [V]}`` (per-token train min / max, physical units) that
-  range is used; otherwise the range is ``|z| <= OUT_OF_RANGE_Z`` robust standard deviations from the
-  training median (z = (x - median) / (1.4826 MAD), the vocabulary's standardisation).
+* Padding, context overflow and out-of-range flags: see :mod:`stellarfm_jax.inputs`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
+import dataclasses
 import pathlib
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import chex
 import jax
@@ -51,305 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import ModelConfig
-from .nn.model import StellarPerceptron
+# The functional core and the input checks are re-exported here: ``from stellarfm_jax.inference import predict``
+# keeps working.
+from .forward import (CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, ModelSpec, attention_without_bias, decode,  # noqa: F401
+                      default_chunk_size, encode, map_chunks, masked_mean_embedding, predict, predict_with_attention)
+from .inputs import OUT_OF_RANGE_Z, OVERFLOW_MODES, PreparedInputs, prepare_inputs, token_ids  # noqa: F401
 from .saved_model import is_model_dir, load_model, save_model
 from .vocab import PAD_ID, Vocabulary
-
-OUT_OF_RANGE_Z = 10.0  # robust standard deviations from the training median
-DEFAULT_CHUNK_SIZE = 1024  # stars per device call on an accelerator
-CPU_CHUNK_SIZE = 32  # on a CPU small chunks keep the attention tensors in cache: ~2x faster (docs/performance.md)
-
-
-def default_chunk_size() -> int:
-    """Stars per device call when none is given: CPU_CHUNK_SIZE on a CPU, DEFAULT_CHUNK_SIZE elsewhere.
-    Resolved at call time, so importing this module does not initialise a JAX backend."""
-    return CPU_CHUNK_SIZE if jax.default_backend() == "cpu" else DEFAULT_CHUNK_SIZE
-OVERFLOW_MODES = ("error", "keep_informative")
-
-
-# ====================================================================================== functional core
-@dataclass(frozen=True)
-class ModelSpec:
-    """Static description of a model (hashable, so jit can close over it)."""
-
-    config: ModelConfig
-    vocab_size: int
-
-
-@functools.lru_cache(maxsize=None)
-def _module(spec: ModelSpec) -> StellarPerceptron:
-    return StellarPerceptron(spec.config, spec.vocab_size)
-
-
-def masked_mean_embedding(perception, key_mask):
-    """Per-star embedding: the mean of the encoder output over real tokens.
-
-    perception [B, T, D], key_mask [B, T] bool -> [B, D] float32; NaN for a star with no real token.
-    """
-    weights = key_mask.astype(jnp.float32)[..., None]  # [B, T, 1]
-    total = jnp.sum(perception.astype(jnp.float32) * weights, axis=1)
-    count = jnp.sum(weights, axis=1)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
-
-
-@functools.partial(jax.jit, static_argnames="spec")
-def encode(params, values, tokens, *, spec: ModelSpec):
-    """values [B, T] float (standardised), tokens [B, T] int (0 = padding) -> perception [B, T, D]."""
-    return _module(spec).apply({"params": params}, values, tokens, method=StellarPerceptron.encode)
-
-
-@functools.partial(jax.jit, static_argnames="spec")
-def decode(params, perception, key_mask, requests, *, spec: ModelSpec):
-    """perception [B, T, D], key_mask [B, T] bool, requests [B, R] int -> (mean, logvar) [B, R] float32."""
-    return _module(spec).apply({"params": params}, perception, key_mask, requests, method=StellarPerceptron.decode)
-
-
-def _attention(state, prefix: str, blocks: int) -> tuple:
-    inter = state["intermediates"]
-    return tuple(inter[f"{prefix}_{k}"]["attention"]["attention_weights"][0] for k in range(blocks))
-
-
-def _forward(params, values, tokens, requests, spec: ModelSpec, with_attention: bool):
-    """Encoder once, then the decoder once per request with ``lax.map``.
-
-    Requests do not attend to each other, so one request at a time is the same computation as R separate
-    calls, and in float32 it is bit for bit the same (a batched [B, R] decode lets XLA pick other reduction
-    orders, ~1e-6 apart); the encoder, the larger cost, still runs once for all R.
-    """
-    module = _module(spec)
-    variables = {"params": params}
-    key_mask = tokens != PAD_ID
-    if requests.ndim == 1:  # the same R requests for every star
-        requests = jnp.broadcast_to(requests, (tokens.shape[0], requests.shape[0]))
-    chex.assert_rank([values, tokens, requests], 2)
-    mutable = ["intermediates"] if with_attention else False
-    perception = module.apply(variables, values, tokens, method=StellarPerceptron.encode, mutable=mutable)
-    if with_attention:
-        perception, state = perception
-        encoder_weights = _attention(state, "encoder_blocks", spec.config.encoder_blocks)
-
-    def decode_one(request):  # [B] -> mean [B], logvar [B] (+ weights [B, h, 1, T+1] per block)
-        out = module.apply(variables, perception, key_mask, request[:, None], method=StellarPerceptron.decode,
-                           mutable=mutable)
-        if with_attention:
-            (mean, logvar), state = out
-            return mean[:, 0], logvar[:, 0], _attention(state, "decoder_blocks", spec.config.decoder_blocks)
-        return out[0][:, 0], out[1][:, 0]
-
-    outs = jax.lax.map(decode_one, requests.T)  # leading axis R
-    mean, logvar = outs[0].T, outs[1].T  # [B, R]
-    embedding = masked_mean_embedding(perception, key_mask)
-    if not with_attention:
-        return mean, logvar, embedding
-    # [R, B, h, 1, S+1] -> [B, h, R, S+1]
-    decoder_weights = tuple(jnp.transpose(w[:, :, :, 0, :], (1, 2, 0, 3)) for w in outs[2])
-    return mean, logvar, embedding, encoder_weights, decoder_weights
-
-
-@functools.partial(jax.jit, static_argnames="spec")
-def predict(params, values, tokens, requests, *, spec: ModelSpec):
-    """Encoder + decoder in one call.
-
-    values [B, T] float, tokens [B, T] int, requests [R] (shared) or [B, R] int
-    -> (mean [B, R], logvar [B, R], embedding [B, D]), float32, standardised units.
-    """
-    return _forward(params, values, tokens, requests, spec, with_attention=False)
-
-
-@functools.partial(jax.jit, static_argnames="spec")
-def predict_with_attention(params, values, tokens, requests, *, spec: ModelSpec):
-    """As :func:`predict`, plus attention probabilities of every block and head.
-
-    Returns (mean, logvar, embedding, encoder_weights, decoder_weights) where encoder_weights is a tuple
-    (one per encoder block) of [B, h_k, T, T+1] and decoder_weights a tuple of [B, h_k, R, T+1] float32
-    arrays; the last key slot is the learned bias slot (sums over keys, bias slot included, are 1).
-    """
-    return _forward(params, values, tokens, requests, spec, with_attention=True)
-
-
-def attention_without_bias(weights):
-    """Drop the bias slot (last key) and renormalise over the real keys.
-
-    weights [..., S+1] -> [..., S]; rows with no real key (an all-padding star) become 0, not NaN.
-    """
-    real = np.asarray(weights)[..., :-1]
-    total = real.sum(axis=-1, keepdims=True)
-    return np.divide(real, total, out=np.zeros_like(real), where=total > 0)
-
-
-def _bucket_rows(n: int, chunk_size: int) -> int:
-    """Row count a chunk of n stars is padded to: the next power of two (>= 8), at most chunk_size."""
-    return min(chunk_size, max(8, 1 << max(0, math.ceil(math.log2(max(n, 1))))))
-
-
-def map_chunks(fn: Callable, arrays: Sequence[np.ndarray], chunk_size: int | None = None, progress: bool = False,
-               desc: str = "stars") -> Any:
-    """Apply ``fn(*chunk_arrays)`` to consecutive row chunks and concatenate the outputs (a pytree of arrays
-    with a leading star axis) on the host.
-
-    Each chunk is padded with zero rows (all-padding stars) to a fixed row count so that at most
-    log2(chunk_size) programs are compiled and a star's result does not depend on its position.
-    """
-    n = int(arrays[0].shape[0])
-    chunk_size = default_chunk_size() if chunk_size is None else chunk_size
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    bar = _progress_bar(n, desc) if progress else None
-    outputs = []
-    for start in range(0, max(n, 1), chunk_size):
-        part = [np.asarray(a[start:start + chunk_size]) for a in arrays]
-        m = part[0].shape[0]
-        rows = _bucket_rows(m, chunk_size)
-        if rows > m:
-            part = [np.concatenate([p, np.zeros((rows - m,) + p.shape[1:], p.dtype)]) for p in part]
-        out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], fn(*part))
-        outputs.append(out)
-        if bar is not None:
-            bar.update(m)
-    if bar is not None:
-        bar.close()
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outputs)
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="star", desc=desc, dynamic_ncols=True)
-
-
-# ====================================================================================== input validation
-def _as_float_array(values, what: str) -> np.ndarray:
-    """Convert to float64, naming the first non-numeric entry if that fails."""
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        obj = np.asarray(values, dtype=object)
-        for index in np.ndindex(obj.shape):
-            try:
-                float(obj[index])
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{what} must be numeric (use NaN for missing); entry {index} is {obj[index]!r}"
-                ) from None
-        raise
-    if arr.dtype == object:  # pragma: no cover - numpy returns float64 or raises
-        raise ValueError(f"{what} must be numeric")
-    return arr
-
-
-def _token_ids(vocab: Vocabulary, names) -> np.ndarray:
-    """Names (str) or ids (int), 1-D or 2-D -> int32 ids of the same shape (unknown names list the closest)."""
-    arr = np.asarray(names)
-    if arr.dtype.kind in "iu":
-        if arr.size and (arr.min() < 0 or arr.max() > vocab.size):
-            raise ValueError(f"token ids must lie in [0, {vocab.size}] (0 = padding), got range [{arr.min()}, {arr.max()}]")
-        return arr.astype(np.int32)
-    if arr.dtype.kind in "f":
-        raise ValueError("token names must be strings or integer ids, got floats")
-    return vocab.ids(arr)
-
-
-@dataclass(frozen=True)
-class PreparedInputs:
-    """Standardised model inputs of N stars (real tokens first, trailing padding).
-
-    values [N, T] float32, tokens [N, T] int32, errors [N, T] float32 (standardised; 0 = unknown),
-    raw [N, T] float64 physical values (NaN at padding), prior_only [N] bool (no real token),
-    out_of_range [N, T] bool, dropped [N] int (tokens dropped by ``keep_informative``).
-    """
-
-    values: np.ndarray
-    tokens: np.ndarray
-    errors: np.ndarray
-    raw: np.ndarray
-    prior_only: np.ndarray
-    out_of_range: np.ndarray
-    dropped: np.ndarray
-
-
-def prepare_inputs(vocab: Vocabulary, values, names, errors=None, *, context_length: int, overflow: str = "error",
-                   token_range: tuple[np.ndarray, np.ndarray] | None = None) -> PreparedInputs:
-    """Validate and standardise user inputs.
-
-    values: [N, n] or [n] (one star) numbers, NaN = missing. names: [n] names/ids for every star or [N, n]
-    per star. errors: None or the values' shape (physical units, NaN = unknown).
-    """
-    if overflow not in OVERFLOW_MODES:
-        raise ValueError(f"overflow must be one of {OVERFLOW_MODES}, got {overflow!r}")
-    vals = _as_float_array(values, "values")
-    if vals.ndim == 1:
-        vals = vals[None, :]
-    if vals.ndim != 2:
-        raise ValueError(f"values must be [N stars, n tokens] or [n tokens] for one star, got shape {vals.shape}")
-    n_stars, n_cols = vals.shape
-    ids = _token_ids(vocab, names)
-    if ids.ndim == 1:
-        if ids.shape[0] != n_cols:
-            raise ValueError(f"{ids.shape[0]} token names for {n_cols} value columns; they must match")
-        ids = np.broadcast_to(ids, vals.shape)
-    elif ids.ndim == 2:
-        if ids.shape != vals.shape:
-            raise ValueError(f"per-star names must have the values' shape {vals.shape}, got {ids.shape}")
-    else:
-        raise ValueError(f"names must be [n] or [N, n], got shape {ids.shape}")
-    if np.isinf(vals).any():
-        star, col = np.argwhere(np.isinf(vals))[0]
-        raise ValueError(f"values must be finite or NaN (missing); star {star}, column {col} is {vals[star, col]}")
-    if errors is not None:
-        errs = _as_float_array(errors, "errors")
-        if errs.ndim == 1:
-            errs = errs[None, :]
-        if errs.shape != vals.shape:
-            raise ValueError(f"errors must have the values' shape {vals.shape}, got {errs.shape}")
-        if (errs < 0).any():
-            raise ValueError("errors must be >= 0 (NaN = unknown)")
-    else:
-        errs = None
-
-    z, tok, err = vocab.standardize(vals, ids, errs)
-    real = tok != PAD_ID
-    raw = np.where(real, vals, np.nan)
-    # Move real tokens to the front of each star (stable), so that only real tokens count.
-    if overflow == "keep_informative":
-        rank = np.where(real, err.astype(np.float64), np.inf)  # smallest standardised error first
-        order = np.argsort(rank, axis=1, kind="stable")
-    else:
-        order = np.argsort(~real, axis=1, kind="stable")
-    take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    z, tok, err, raw = take(z), take(tok), take(err), take(raw)
-    n_real = real.sum(axis=1)
-    width = int(n_real.max()) if n_stars else 0
-    dropped = np.zeros(n_stars, dtype=np.int64)
-    if width > context_length:
-        if overflow == "error":
-            star = int(np.argmax(n_real))
-            raise ValueError(
-                f"star {star} has {n_real[star]} real (non-missing) tokens but the model's context length is "
-                f"{context_length}; drop columns, or pass overflow='keep_informative' to keep the "
-                f"{context_length} tokens with the smallest standardised errors"
-            )
-        dropped = np.maximum(n_real - context_length, 0)
-        width = context_length
-    # Round the context up to a multiple of 8 (fewer compiled shapes); padded slots are masked out exactly.
-    width = min(max(8, -(-max(width, 1) // 8) * 8), max(context_length, width))
-    if width > n_cols:
-        pad = ((0, 0), (0, width - n_cols))
-        z, tok, err = np.pad(z, pad), np.pad(tok, pad), np.pad(err, pad)
-        raw = np.pad(raw, pad, constant_values=np.nan)
-    z, tok, err, raw = z[:, :width], tok[:, :width], err[:, :width], raw[:, :width]
-
-    if token_range is None:
-        out_of_range = np.abs(z) > OUT_OF_RANGE_Z
-    else:
-        lo = np.concatenate([[-np.inf], token_range[0]])[tok]
-        hi = np.concatenate([[np.inf], token_range[1]])[tok]
-        out_of_range = (raw < lo) | (raw > hi)
-    out_of_range &= tok != PAD_ID
-    return PreparedInputs(
-        values=np.ascontiguousarray(z, np.float32), tokens=np.ascontiguousarray(tok, np.int32),
-        errors=np.ascontiguousarray(err, np.float32), raw=raw, prior_only=n_real == 0,
-        out_of_range=out_of_range, dropped=dropped,
-    )
 
 
 # ====================================================================================== results
@@ -443,7 +127,7 @@ class Perception:
         if isinstance(names, (str, int, np.integer)):
             names = [names]
         names = list(names)
-        ids = _token_ids(self.model.vocab, names) if names else np.zeros(0, np.int32)
+        ids = token_ids(self.model.vocab, names) if names else np.zeros(0, np.int32)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"request names must be a non-empty list of token names or ids, got {names!r}")
         if (ids == PAD_ID).any():
@@ -533,8 +217,6 @@ class StellarModel:
             )
         params, config, vocab, metadata = load_model(path)
         if compute_dtype is not None:
-            import dataclasses
-
             config = dataclasses.replace(config, compute_dtype=compute_dtype)
         return cls(params, config, vocab, metadata)
 

@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .inference import DEFAULT_CHUNK_SIZE, ModelSpec, _as_float_array, _module, _token_ids, map_chunks
+from . import forward
+from .forward import DEFAULT_CHUNK_SIZE, ModelSpec, map_chunks
+from .inputs import as_float_array, token_ids
 
 DEFAULT_FREE = ("teff", "logg", "m_h", "logebv")
 
@@ -48,7 +50,7 @@ def _nll(params, theta, problem, spec: ModelSpec, prior_sigma):
     """NLL of one star. theta [F]; problem: dict of one star's arrays (see ``_star_problem``)."""
     values = jnp.concatenate([theta, problem["fixed_z"]])[None, :]  # [1, F + K]
     tokens = jnp.concatenate([problem["free_ids"], problem["fixed_ids"]])[None, :]
-    mean, logvar = _module(spec).apply({"params": params}, values, tokens, problem["obs_ids"][None, :])
+    mean, logvar = forward.apply(params, values, tokens, problem["obs_ids"][None, :], spec=spec)
     var = jnp.exp(logvar[0]) + problem["obs_var"]  # [S]
     resid = problem["obs_z"] - mean[0]
     terms = jnp.where(problem["obs_mask"], resid**2 / var + jnp.log(var), 0.0)
@@ -182,9 +184,9 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     vocab = model.vocab
     free = default_free_names(vocab) if free is None else free
     free, observed_names, fixed_names = _names_list(free), _names_list(observed_names), _names_list(fixed_names)
-    free_ids = _token_ids(vocab, free)
-    obs_ids = _token_ids(vocab, observed_names)
-    fixed_ids = _token_ids(vocab, fixed_names) if fixed_names else np.zeros(0, np.int32)
+    free_ids = token_ids(vocab, free)
+    obs_ids = token_ids(vocab, observed_names)
+    fixed_ids = token_ids(vocab, fixed_names) if fixed_names else np.zeros(0, np.int32)
     overlap = set(free_ids.tolist()) & (set(obs_ids.tolist()) | set(fixed_ids.tolist()))
     if overlap:
         raise ValueError(f"free tokens {vocab.names_of(sorted(overlap))} are also observed or fixed; a token is one of the three")
@@ -193,7 +195,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     if n_starts < 1 or steps < 1:
         raise ValueError(f"n_starts and steps must be >= 1, got {n_starts}, {steps}")
 
-    obs = _as_float_array(observed, "observed")
+    obs = as_float_array(observed, "observed")
     obs = obs[None, :] if obs.ndim == 1 else obs
     if obs.ndim != 2 or obs.shape[1] != len(obs_ids):
         raise ValueError(f"observed must be [N, {len(obs_ids)}] for {len(obs_ids)} observed names, got {obs.shape}")
@@ -203,7 +205,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     if observed_errors is None:
         err = np.zeros_like(obs)
     else:
-        err = np.broadcast_to(_as_float_array(observed_errors, "observed_errors"), obs.shape)
+        err = np.broadcast_to(as_float_array(observed_errors, "observed_errors"), obs.shape)
         if (err < 0).any():
             raise ValueError("observed_errors must be >= 0")
         err = np.where(np.isfinite(err), err, 0.0)
@@ -215,7 +217,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     obs_var = (err / scale) ** 2
 
     if len(fixed_ids):
-        fx = _as_float_array(fixed, "fixed")
+        fx = as_float_array(fixed, "fixed")
         fx = np.broadcast_to(fx[None, :] if fx.ndim == 1 else fx, (n, len(fixed_ids)))
         fixed_z, fixed_tok, _ = vocab.standardize(fx, fixed_ids)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -33,3 +34,17 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
         train_config.learning_rate, train_config.min_learning_rate, train_config.sgdr_period_epochs, steps_per_epoch
     )
     return optax.adamw(schedule, b1=ADAMW_B1, b2=ADAMW_B2, eps=ADAMW_EPS, weight_decay=train_config.weight_decay)
+
+
+def freeze(optimizer: optax.GradientTransformation, trainable: dict) -> optax.GradientTransformation:
+    """``optimizer`` on the top-level parameter groups marked True in ``trainable`` (e.g. ``{"base": False,
+    "adapter": True}``), zero updates (and no optimiser state) for the others: frozen parameters are the
+    optimiser's business, so a loss function sees one ordinary parameter pytree."""
+
+    def labels(params):
+        unknown = set(params) ^ set(trainable)
+        if unknown:
+            raise ValueError(f"freeze: parameter groups {sorted(params)} and trainable {sorted(trainable)} differ")
+        return {k: jax.tree.map(lambda _: "train" if trainable[k] else "frozen", v) for k, v in params.items()}
+
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

@@ -15,8 +15,9 @@ Functional core (pure, jitted, pytrees in and out; ``spec`` / ``head`` static):
 * :func:`contrastive_loss` ``(s [B,P], p [B,P], temperature) -> scalar``: the paper's soft-target loss (C1-C6).
 * :func:`embed_perception` ``(head_params, perception [B,T,D], key_mask [B,T]) -> [B,P]``.
 * :func:`embed_inputs` ``(base_params, head_params, values [B,T], tokens [B,T]) -> [B,P]`` (encoder + head).
-* :func:`make_train_step` -> ``step(state, base_params, data, index [B]) -> (state, loss)``: one AdamW step on
-  both heads; the base encoder is frozen (no gradient reaches it); PRNG keys are ``fold_in(seed, step)``.
+* :func:`search_loss` -> ``loss_fn(params, batch: SearchData, key) -> (loss, aux)`` over
+  ``params = {"heads": ..., "base": ...}``, trained by the package's one training seam (:mod:`stellarfm_jax.steps`)
+  with the base encoder frozen by the optimiser (``optim.freeze``; no gradient reaches it either).
 * :func:`recovery_at_k`: the fraction of queries whose own star is among the top-k matches.
 
 Object shell: :class:`SearchModel` (``fit`` / ``embed_spectra`` / ``embed_query`` / ``save`` / ``load`` /
@@ -60,9 +61,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .inference import ModelSpec, StellarModel, _module, encode, map_chunks, prepare_inputs
-from .nn.model import StellarPerceptron
-from .optim import ADAMW_B1, ADAMW_B2, ADAMW_EPS
+from . import forward
+from .forward import ModelSpec, encode, map_chunks, progress_bar
+from .inference import StellarModel
+from .inputs import prepare_inputs
+from .optim import ADAMW_B1, ADAMW_B2, ADAMW_EPS, freeze
+from .steps import make_train_epoch, make_train_step
+from .train_state import TrainState
 from .nn.search_heads import SearchHead
 from .saved_model import atomic_directory, flatten_params, is_model_dir, params_sha256, unflatten_params
 from .vocab import PAD_ID, UnknownTokenError, Vocabulary, evenly_spaced
@@ -161,8 +166,7 @@ def embed_perception(head_params, perception, key_mask, *, head: HeadConfig):
 def embed_inputs(base_params, head_params, values, tokens, *, spec: SearchSpec):
     """values [B, T] standardised, tokens [B, T] int (0 = padding) -> unit embeddings [B, P] (frozen encoder +
     head, fused so the perception never leaves the call)."""
-    perception = _module(spec.base).apply({"params": base_params}, values, tokens,
-                                               method=StellarPerceptron.encode)
+    perception = forward.encode_fn(base_params, values, tokens, spec=spec.base)
     return spec.head.module().apply({"params": head_params}, perception, tokens != PAD_ID, deterministic=True)
 
 
@@ -184,12 +188,6 @@ class SearchData(NamedTuple):
     key_mask: jax.Array
     query_values: jax.Array
     query_available: jax.Array
-
-
-class SearchState(NamedTuple):
-    step: jax.Array  # int32 scalar
-    params: dict  # {"spectra": head params, "query": head params}
-    opt_state: Any
 
 
 def sample_query_mask(key, available, full_fraction: float):
@@ -215,44 +213,33 @@ def make_optimizer(config: SearchTrainConfig, total_steps: int) -> optax.Gradien
     return optax.adamw(schedule, b1=ADAMW_B1, b2=ADAMW_B2, eps=ADAMW_EPS, weight_decay=config.weight_decay)
 
 
-def make_train_step(spec: SearchSpec, optimizer: optax.GradientTransformation, query_tokens: np.ndarray,
-                    temperature: float, full_query_fraction: float, seed: int):
-    """A jitted ``step(state, base_params, data, index [B]) -> (state, loss)`` (state donated).
+def search_loss(spec: SearchSpec, query_tokens: np.ndarray, temperature: float, full_query_fraction: float):
+    """``loss_fn(params, batch: SearchData, key) -> (contrastive loss, {"count": 1})`` for the training seam
+    (:func:`stellarfm_jax.steps.make_train_step`; the loss is already a batch mean, so the count is 1).
 
-    The spectra head sees the precomputed perceptions ``data.perception[index]``; the query head sees the frozen
-    encoder's perception of a random subset of each star's query tokens, computed in the step. Keys come from
-    ``fold_in(PRNGKey(seed), step)``; dropout is on in the heads, the frozen encoder is deterministic.
-    """
+    ``params = {"heads": {"spectra": ..., "query": ...}, "base": base encoder params}``. The spectra head sees the
+    precomputed perceptions of the batch; the query head sees the frozen encoder's perception of a random subset of
+    each star's query tokens, computed in the step. Dropout is on in the heads, the frozen encoder is
+    deterministic and behind ``stop_gradient``."""
     head = spec.head.module()
-    base = _module(spec.base)
     query_tokens = jnp.asarray(query_tokens, jnp.int32)  # [Q]
-    root = jax.random.PRNGKey(seed)
 
-    def loss_fn(params, base_params, batch: SearchData, key):
+    def loss_fn(params, batch: SearchData, key):
+        heads = params["heads"]
         k_spec, k_query, k_subset = jax.random.split(key, 3)
-        s = head.apply({"params": params["spectra"]}, batch.perception, batch.key_mask, deterministic=False,
+        s = head.apply({"params": heads["spectra"]}, batch.perception, batch.key_mask, deterministic=False,
                        rngs={"dropout": k_spec})  # [B, P]
         keys = jax.random.split(k_subset, batch.query_values.shape[0])
         shown = jax.vmap(sample_query_mask, in_axes=(0, 0, None))(keys, batch.query_available,
                                                                   full_query_fraction)  # [B, Q]
         tokens = jnp.where(shown, query_tokens[None, :], PAD_ID)
         values = jnp.where(shown, batch.query_values, 0.0)
-        frozen = jax.lax.stop_gradient(base_params)
-        perception = base.apply({"params": frozen}, values, tokens, method=StellarPerceptron.encode)
-        p = head.apply({"params": params["query"]}, jax.lax.stop_gradient(perception), shown, deterministic=False,
+        perception = forward.encode_fn(jax.lax.stop_gradient(params["base"]), values, tokens, spec=spec.base)
+        p = head.apply({"params": heads["query"]}, perception, shown, deterministic=False,
                        rngs={"dropout": k_query})  # [B, P]
-        return contrastive_loss(s, p, temperature)
+        return contrastive_loss(s, p, temperature), {"count": jnp.ones(())}
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(state: SearchState, base_params, data: SearchData, index):
-        batch = jax.tree_util.tree_map(lambda a: a[index], data)
-        key = jax.random.fold_in(root, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, base_params, batch, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return SearchState(state.step + 1, params, opt_state), loss
-
-    return step
+    return loss_fn
 
 
 def recovery_at_k(query_embeddings, database_embeddings, k: int = 100, truth=None, chunk: int = 1024) -> float:
@@ -729,8 +716,9 @@ def fit_search(base: StellarModel, dataset, config: SearchTrainConfig = SearchTr
     if usable.sum() < config.batch_size:
         raise ValueError(f"only {int(usable.sum())} train stars have both spectra and query tokens; need at least "
                          f"batch_size={config.batch_size}")
-    rows = np.flatnonzero(usable)  # batches are drawn from these rows only (no copy of the perceptions)
-    data = SearchData(jnp.asarray(perception), jnp.asarray(key_mask), jnp.asarray(q_vals), jnp.asarray(q_avail))
+    rows = np.flatnonzero(usable)
+    data = SearchData(jnp.asarray(perception[rows]), jnp.asarray(key_mask[rows]), jnp.asarray(q_vals[rows]),
+                      jnp.asarray(q_avail[rows]))
     del perception
     n = len(rows)
     log(f"search heads: {n} train pairs ({train.values.shape[0] - n} train stars without spectra or query tokens "
@@ -753,27 +741,20 @@ def fit_search(base: StellarModel, dataset, config: SearchTrainConfig = SearchTr
         return recovery_at_k(q, db, config.eval_k, truth=val_rows)
 
     steps_per_epoch = n // config.batch_size
-    optimizer = make_optimizer(config, steps_per_epoch * config.epochs)
-    state = SearchState(jnp.zeros((), jnp.int32), model.head_params, optimizer.init(model.head_params))
-    step = make_train_step(model.spec, optimizer, base.vocab.ids(model.query_names), config.temperature,
-                           config.full_query_fraction, config.seed)
+    optimizer = freeze(make_optimizer(config, steps_per_epoch * config.epochs), {"heads": True, "base": False})
+    # A copy of the base parameters: the epoch function donates (deletes) its state's buffers.
+    state = TrainState.create({"heads": model.head_params, "base": jax.tree.map(jnp.copy, base.params)}, optimizer)
+    loss_fn = search_loss(model.spec, base.vocab.ids(model.query_names), config.temperature, config.full_query_fraction)
+    train_epoch = make_train_epoch(make_train_step(loss_fn, optimizer), lambda key, batch: batch,
+                                   batch_size=config.batch_size, steps_per_epoch=steps_per_epoch, seed=config.seed)
     history = []
-    best = (-1.0, 0, jax.device_get(state.params))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.epochs, unit="epoch", desc="search heads", dynamic_ncols=True)
+    best = (-1.0, 0, jax.device_get(model.head_params))
+    bar = progress_bar(config.epochs, "search heads", unit="epoch") if progress else None
     for epoch in range(1, config.epochs + 1):
         te = time.perf_counter()
-        order = rows[np.random.default_rng([config.seed, epoch]).permutation(n)]
-        losses = []
-        for b in range(steps_per_epoch):
-            index = jnp.asarray(order[b * config.batch_size:(b + 1) * config.batch_size])
-            state, loss = step(state, base.params, data, index)
-            losses.append(loss)
-        loss = float(np.mean(jax.device_get(losses)))
-        params = jax.device_get(state.params)
+        state, metrics = train_epoch(state, data, epoch)
+        loss = float(metrics["loss"])
+        params = jax.device_get(state.params["heads"])
         rec = evaluate(params)
         record = {"epoch": epoch, "loss": loss, f"val_recovery_at_{config.eval_k}": rec,
                   "epoch_seconds": time.perf_counter() - te}

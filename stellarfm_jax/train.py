@@ -11,30 +11,35 @@ from its latest readable checkpoint and continues exactly as an uninterrupted ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cli import USER_ERRORS, report
+from . import forward
+from . import cli
 from .config import Config, apply_overrides, load_config
 from .data.dataset import Dataset
+from .forward import ModelSpec
+from .metrics import MONITOR_LABELS, label_metrics, spectra_colour_inputs  # noqa: F401 (re-exported)
 from .nn import StellarPerceptron, count_params, init_params
 from .optim import make_optimizer, sgdr_learning_rate
-from .sampling import output_weight_vector, to_star_data
+from .sampling import SamplingConfig, StarData, output_weight_vector, to_star_data
 from .saved_model import save_model
-from .steps import make_eval_loss, make_predict, make_train_epoch
+from .steps import (length_buckets, make_eval_loss, make_train_epoch, make_train_step, nll_loss, padding_strata,
+                    token_sampler)
 from .train_state import TrainState
-from .vocab import evenly_spaced, robust_scale
 
 VAL_KEY_DATA = 2**31 - 1  # fold_in constant for the fixed validation sampling key
-DEFAULT_LABELS = ("teff", "logg", "m_h")
+DEFAULT_LABELS = MONITOR_LABELS
+MAX_STEPS_PER_CALL = 16  # steps per device call: an interrupt is noticed within one call (~seconds on a CPU)
 
 
 @dataclass
@@ -45,45 +50,7 @@ class TrainResult:
     config: Config
     history: list = field(default_factory=list)
     workdir: pathlib.Path | None = None
-
-
-# ----------------------------------------------------------------------------- validation metrics
-def spectra_colour_inputs(vocab, context_length: int) -> list[str]:
-    """The "spectra + colours" input set used to monitor label accuracy: every colour token and as many
-    spectrum tokens as fit in the context, evenly spaced over the spectrum."""
-    colours = vocab.group_names("colour")
-    return evenly_spaced(vocab.group_names("spectrum"), max(context_length - len(colours), 0)) + colours
-
-
-def label_metrics(predict, params, vocab, values, errors, input_names, label_names) -> dict:
-    """Robust scatter (1.4826 MAD), bias and robust z-score std of labels predicted from ``input_names``.
-
-    values/errors: raw [N, V]. Only stars with a finite true label enter each label's numbers.
-    """
-    in_ids = vocab.ids(input_names)
-    cols = in_ids - 1
-    z, tokens, _ = vocab.standardize(values[:, cols], in_ids)
-    label_ids = vocab.ids(label_names)
-    requests = np.broadcast_to(label_ids, (values.shape[0], len(label_ids)))
-    mean, logvar = predict(params, jnp.asarray(z), jnp.asarray(tokens), jnp.asarray(requests))
-    pred = vocab.destandardize(np.asarray(mean), requests)
-    sigma = vocab.destandardize_error(np.sqrt(np.exp(np.asarray(logvar, np.float64))), requests)
-    out = {}
-    for j, name in enumerate(label_names):
-        truth = values[:, label_ids[j] - 1].astype(np.float64)
-        ok = np.isfinite(truth) & np.isfinite(pred[:, j])
-        if ok.sum() < 2:
-            continue
-        resid = pred[ok, j] - truth[ok]
-        label_err = np.nan_to_num(errors[ok, label_ids[j] - 1].astype(np.float64))
-        zscore = resid / np.sqrt(sigma[ok, j] ** 2 + label_err**2)
-        out[f"{name}_scatter"] = float(robust_scale(resid))
-        out[f"{name}_bias"] = float(np.median(resid))
-        out[f"{name}_z_std"] = float(robust_scale(zscore))
-    scaled = [out[f"{n}_scatter"] / vocab.scale[vocab.token_id(n) - 1] for n in label_names if f"{n}_scatter" in out]
-    if scaled:
-        out["label_scatter"] = float(np.mean(scaled))
-    return out
+    interrupted: bool = False
 
 
 # ----------------------------------------------------------------------------- data checks
@@ -168,23 +135,72 @@ def _check_resume_config(saved: dict, config: Config) -> None:
                 )
 
 
-# ----------------------------------------------------------------------------- fit
-def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, log=print) -> TrainResult:
-    """Train ``config`` on ``dataset`` (optionally with checkpoints, logs and resume in ``workdir``).
+# ----------------------------------------------------------------------------- one run's wiring
+def model_forward(spec: ModelSpec) -> Callable:
+    """``forward_fn(params, values, tokens, requests, dropout_key)`` of the base model, for :func:`steps.nll_loss`."""
 
-    Returns the final parameters with the vocabulary and the per-evaluation history.
-    """
+    def forward_fn(params, values, tokens, requests, dropout_key):
+        return forward.apply(params, values, tokens, requests, spec=spec, dropout_key=dropout_key)
+
+    return forward_fn
+
+
+def predictor(params, spec: ModelSpec, chunk_size: int | None = None) -> Callable:
+    """``predict_fn(values_z, tokens, requests [R]) -> (mean, logvar) [N, R]`` on the host, in chunks (the shape
+    :func:`metrics.label_metrics` takes)."""
+
+    def predict_fn(values, tokens, requests):
+        requests = jnp.asarray(requests, jnp.int32)
+        out = forward.map_chunks(lambda v, t: forward.predict(params, v, t, requests, spec=spec)[:2],
+                                 (np.asarray(values, np.float32), np.asarray(tokens, np.int32)), chunk_size)
+        return out[0], out[1]
+
+    return predict_fn
+
+
+def steps_per_call(steps_per_epoch: int, limit: int = MAX_STEPS_PER_CALL) -> int:
+    """The largest divisor of ``steps_per_epoch`` that is at most ``limit``: every call runs the same number of
+    steps (one compiled program) and an interrupt waits for at most one call."""
+    return max(d for d in range(1, min(limit, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+@dataclass
+class Run:
+    """Everything a training loop needs, built once by :func:`setup_run` (and reused by the benchmarks and tests).
+
+    ``train_chunk(state, data, epoch, first_step) -> (state, metrics)`` runs ``steps_per_call`` steps of an
+    epoch (``steps_per_epoch / steps_per_call`` calls make the epoch; the batches are those of the whole-epoch
+    scan, so the result does not depend on the call size)."""
+
+    config: Config
+    vocab: object
+    spec: ModelSpec
+    optimizer: object
+    state: TrainState
+    train_data: StarData
+    train_chunk: Callable
+    batch_size: int
+    steps_per_epoch: int
+    steps_per_call: int
+    sampling: SamplingConfig
+    output_weights: object
+    num_devices: int
+    platform: str
+
+
+def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_PER_CALL) -> Run:
+    """Model, optimiser, initial state, device data and the jitted training function of ``config`` on
+    ``dataset.train`` (data-parallel over all local devices when ``train.data_parallel``)."""
     config.validate()
     check_training_data(dataset, config)
     mcfg, tcfg = config.model, config.train
     vocab = dataset.vocab
-    workdir = pathlib.Path(workdir) if workdir is not None else None
-
-    model = StellarPerceptron(mcfg, vocab.size)
+    spec = ModelSpec(mcfg, vocab.size)
     devices = jax.devices()
     n_train = len(dataset.train)
     batch_size = min(tcfg.batch_size, n_train)
     batch_sharding = replicated = None
+    shards = 1
     if tcfg.data_parallel:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -194,32 +210,99 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
             raise ValueError(f"data-parallel training on {len(devices)} devices needs at least that many stars per batch")
         batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
+        shards = len(devices)
     steps_per_epoch = max(1, n_train // batch_size)
 
     optimizer = make_optimizer(tcfg, steps_per_epoch)
-    params = init_params(model, jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA - 1))
+    params = init_params(StellarPerceptron(mcfg, vocab.size), jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA - 1))
     state = TrainState.create(params, optimizer)
-    if replicated is not None:
-        state = jax.device_put(state, replicated)
-
-    sample_kwargs = dict(context_length=mcfg.context_length, max_padding=tcfg.max_padding,
-                         num_outputs=tcfg.outputs_per_star, exclude_targets=tcfg.exclude_target_from_context)
-    output_weights = output_weight_vector(vocab, _output_weights(config))
     train_data = to_star_data(vocab, dataset.train.values, dataset.train.errors)
     if replicated is not None:
-        train_data = jax.device_put(train_data, replicated)
-    train_epoch = make_train_epoch(model, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                                   output_weights=output_weights, seed=tcfg.seed, sample_kwargs=sample_kwargs,
-                                   batch_sharding=batch_sharding, num_buckets=tcfg.length_buckets,
-                                   micro_batch_size=tcfg.micro_batch_size)
+        state, train_data = jax.device_put((state, train_data), replicated)
+
+    output_weights = output_weight_vector(vocab, _output_weights(config))
+    per_call = steps_per_call(steps_per_epoch, steps_limit)
+    train_chunk = epoch_function(config, vocab, optimizer, output_weights, batch_size=batch_size,
+                                 steps_per_epoch=steps_per_epoch, shards=shards, batch_sharding=batch_sharding,
+                                 steps_per_call=per_call)
+    return Run(config, vocab, spec, optimizer, state, train_data, train_chunk, batch_size, steps_per_epoch, per_call,
+               SamplingConfig.from_config(config), output_weights, shards, devices[0].platform)
+
+
+def epoch_function(config: Config, vocab, optimizer, output_weights, *, batch_size: int, steps_per_epoch: int,
+                   shards: int = 1, batch_sharding=None, steps_per_call: int | None = None) -> Callable:
+    """The jitted epoch (or epoch-chunk) function of ``config`` (:func:`steps.make_train_epoch` with the model's
+    NLL, the token sampler with the config's task templates, length buckets and micro-batches as configured)."""
+    mcfg, tcfg = config.model, config.train
+    sampling = SamplingConfig.from_config(config)
+    buckets, strata = (), None
+    if tcfg.length_buckets > 1:
+        buckets = length_buckets(batch_size, mcfg.context_length, tcfg.max_padding, tcfg.length_buckets, shards)
+        strata = padding_strata(batch_size, shards)
+    loss_fn = nll_loss(model_forward(ModelSpec(mcfg, vocab.size)))
+    train_step = make_train_step(loss_fn, optimizer, buckets=buckets, shards=shards,
+                                 micro_batch_size=tcfg.micro_batch_size)
+    return make_train_epoch(train_step, token_sampler(output_weights, sampling, sampling.templates(vocab), strata),
+                            batch_size=batch_size, steps_per_epoch=steps_per_epoch, seed=tcfg.seed,
+                            batch_sharding=batch_sharding, steps_per_call=steps_per_call)
+
+
+def run_epoch(run: Run, state: TrainState, epoch: int, stop_requested: Callable[[], bool] = lambda: False):
+    """One epoch in ``steps_per_epoch / steps_per_call`` device calls -> (state, metrics), or (None, None) when
+    ``stop_requested()`` turns true between two calls (the epoch is then abandoned)."""
+    metrics = []
+    for first in range(0, run.steps_per_epoch, run.steps_per_call):
+        if stop_requested():
+            return None, None
+        state, m = run.train_chunk(state, run.train_data, epoch, first)
+        metrics.append(m)
+    total = sum(float(m["count"]) for m in metrics)
+    out = {k: sum(float(m[k]) * float(m["count"]) for m in metrics) / max(total, 1.0) for k in metrics[0] if k != "count"}
+    return state, out
+
+
+class _Interrupt:
+    """Turns the first Ctrl-C (SIGINT) into a flag checked between device calls; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, nobody else handling it
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, log=print) -> TrainResult:
+    """Train ``config`` on ``dataset`` (optionally with checkpoints, logs and resume in ``workdir``).
+
+    Returns the final parameters with the vocabulary and the per-evaluation history. Ctrl-C stops at the next
+    device call (seconds), checkpoints the last finished epoch and returns with ``interrupted=True``; running
+    the same command again resumes from there.
+    """
+    run = setup_run(config, dataset)
+    mcfg, tcfg = config.model, config.train
+    vocab, spec, state = run.vocab, run.spec, run.state
+    workdir = pathlib.Path(workdir) if workdir is not None else None
 
     n_val = min(tcfg.val_max_stars, len(dataset.val))
     val = dataset.val.subset(slice(0, n_val))
     val_data = to_star_data(vocab, val.values, val.errors)
-    chunk = min(batch_size, 1024)
-    eval_loss = make_eval_loss(model, output_weights=output_weights,
-                               sample_kwargs={**sample_kwargs, "max_padding": tcfg.max_padding}, chunk_size=chunk)
-    predict = make_predict(model, chunk)
+    chunk = min(run.batch_size, 1024)
+    eval_loss = make_eval_loss(nll_loss(model_forward(spec)), token_sampler(run.output_weights, run.sampling),
+                               chunk_size=chunk)
     val_key = jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA)
     label_names = [n for n in DEFAULT_LABELS if n in vocab.names]
     label_inputs = spectra_colour_inputs(vocab, mcfg.context_length)
@@ -244,49 +327,75 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
         history = _read_history(workdir / "metrics.jsonl", start_epoch)
         (workdir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
 
-    log(f"training {config.name}: {count_params(state.params):,} parameters, {n_train:,} train stars, "
-        f"{batch_size} per batch x {steps_per_epoch} steps/epoch, epochs {start_epoch}->{tcfg.epochs}, "
-        f"{len(devices) if tcfg.data_parallel else 1} device(s) [{devices[0].platform}]")
+    log(f"training {config.name}: {count_params(state.params):,} parameters, {len(dataset.train):,} train stars, "
+        f"{run.batch_size} per batch x {run.steps_per_epoch} steps/epoch, epochs {start_epoch}->{tcfg.epochs}, "
+        f"{run.num_devices} device(s) [{run.platform}]")
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        bar = forward.progress_bar(tcfg.epochs, "training", unit="epoch")
+        bar.update(start_epoch)
+    interrupted = False
+    saved_epoch, last_save = start_epoch, time.monotonic()
+    previous = None  # the state after the last finished epoch (train_chunk donates its input)
 
-        bar = tqdm(total=tcfg.epochs, initial=start_epoch, unit="epoch", dynamic_ncols=True)
+    def save(done: int, st, rank=None):
+        nonlocal saved_epoch, last_save
+        checkpointer.save(done, st, {"epoch": done}, rank)
+        saved_epoch, last_save = done, time.monotonic()
+
     try:
-        for epoch in range(start_epoch, tcfg.epochs):
-            t0 = time.perf_counter()
-            state, metrics = train_epoch(state, train_data, epoch)
-            loss = float(metrics["loss"])
-            seconds = time.perf_counter() - t0
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; stopping "
-                                         f"(last good checkpoint kept in {workdir})")
-            done = epoch + 1
-            record = {"epoch": done, "loss": loss, "mse": float(metrics["mse"]),
-                      "lr": float(sgdr_learning_rate(epoch, tcfg.learning_rate, tcfg.min_learning_rate,
-                                                     tcfg.sgdr_period_epochs)),
-                      "stars_per_s": steps_per_epoch * batch_size / seconds, "epoch_seconds": seconds}
-            evaluate = done % tcfg.eval_every_epochs == 0 or done == tcfg.epochs
-            if evaluate:
-                val_metrics = eval_loss(state.params, val_data, val_key)
-                record["val_loss"] = float(val_metrics["loss"])
-                record["val_mse"] = float(val_metrics["mse"])
-                if label_names:
-                    record.update({f"val_{k}" if k != "label_scatter" else k: v for k, v in label_metrics(
-                        predict, state.params, vocab, val.values, val.errors, label_inputs, label_names).items()})
-            history.append(record)
-            if workdir is not None:
-                with open(workdir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if done % tcfg.checkpoint_every_epochs == 0 or done == tcfg.epochs:
-                    rank = {"val_loss": record["val_loss"]} if evaluate else None
-                    if evaluate and "label_scatter" in record:
-                        rank["label_scatter"] = record["label_scatter"]
-                    checkpointer.save(done, state, {"epoch": done}, rank)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss", "lr", "stars_per_s") if k in record})
+        with _Interrupt() as interrupt:
+            for epoch in range(start_epoch, tcfg.epochs):
+                t0 = time.perf_counter()
+                previous = jax.tree.map(jnp.copy, state) if workdir is not None else None
+                new_state, metrics = run_epoch(run, state, epoch, lambda: interrupt.requested)
+                if new_state is None:
+                    interrupted, state = True, previous
+                    break
+                state = new_state
+                loss = metrics["loss"]
+                seconds = time.perf_counter() - t0
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; stopping "
+                                             f"(last good checkpoint kept in {workdir})")
+                done = epoch + 1
+                record = {"epoch": done, "loss": loss, "mse": metrics["mse"],
+                          "lr": float(sgdr_learning_rate(epoch, tcfg.learning_rate, tcfg.min_learning_rate,
+                                                         tcfg.sgdr_period_epochs)),
+                          "stars_per_s": run.steps_per_epoch * run.batch_size / seconds, "epoch_seconds": seconds}
+                evaluate = done % tcfg.eval_every_epochs == 0 or done == tcfg.epochs
+                if evaluate:
+                    val_metrics = eval_loss(state.params, val_data, val_key)
+                    record["val_loss"] = float(val_metrics["loss"])
+                    record["val_mse"] = float(val_metrics["mse"])
+                    if label_names:
+                        record.update({f"val_{k}" if k != "label_scatter" else k: v for k, v in label_metrics(
+                            predictor(state.params, spec, chunk), vocab, val.values, val.errors, label_inputs,
+                            label_names).items()})
+                history.append(record)
+                if workdir is not None:
+                    with open(workdir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    overdue = time.monotonic() - last_save > 60.0 * tcfg.checkpoint_every_minutes
+                    if done % tcfg.checkpoint_every_epochs == 0 or done == tcfg.epochs or overdue:
+                        rank = {"val_loss": record["val_loss"]} if evaluate else None
+                        if evaluate and "label_scatter" in record:
+                            rank["label_scatter"] = record["label_scatter"]
+                        save(done, state, rank)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss", "lr", "stars_per_s") if k in record})
+                if interrupt.requested:  # noticed at the very end of an epoch: that epoch is finished and kept
+                    interrupted = True
+                    break
+        if interrupted and workdir is not None:
+            last = history[-1]["epoch"] if history else start_epoch
+            if last > saved_epoch:
+                save(last, state)
+            log(f"interrupted: checkpoint after epoch {saved_epoch} in {workdir}; run the same command again to resume")
+        elif interrupted:
+            log("interrupted (no workdir, nothing saved)")
     finally:
         if bar is not None:
             bar.close()
@@ -294,6 +403,10 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
             checkpointer.wait()
 
     params = jax.device_get(state.params)
+    if interrupted:
+        if checkpointer is not None:
+            checkpointer.close()
+        return TrainResult(params, vocab, mcfg, config, history, workdir, interrupted=True)
     if workdir is not None:
         _write_loss_curve(history, workdir / "loss_curve.png")
         meta = {"config": config.to_dict(), "epochs_trained": tcfg.epochs, "provenance": dataset.provenance,
@@ -301,7 +414,7 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
         save_model(workdir / "model", params, mcfg, vocab, meta)
         best = checkpointer.best_step()
         if best is not None and best != tcfg.epochs:
-            _, best_state, _ = (best, *checkpointer.restore(best, abstract_like(state)))
+            best_state, _ = checkpointer.restore(best, abstract_like(state))
             best_meta = dict(meta, epochs_trained=best,
                              final_metrics=next((h for h in history if h["epoch"] == best), {}))
             save_model(workdir / "model_best", jax.device_get(best_state.params), mcfg, vocab, best_meta)
@@ -342,36 +455,52 @@ def export_checkpoint(workdir, out, epoch: int | None = None, log=print) -> path
 
 # ----------------------------------------------------------------------------- CLI
 def load_training_data(config: Config, data_path: str | None) -> Dataset:
-    """Our HDF5 file if given, else the embedded real data set (prepared and cached on first use)."""
+    """Our HDF5 file (``data_path``, else ``config.data.path``) if given, else the embedded real data set of
+    ``config.data.schema`` (prepared and cached on first use)."""
     from . import data as data_lib
 
-    path = data_path or config.data.path
-    if not path:
-        if not hasattr(data_lib, "default_dataset_path"):
-            raise RuntimeError("no --data given and the embedded data set is not available in this installation")
-        path = data_lib.default_dataset_path(schema=config.data.schema)
+    path = cli.data_path(data_path or config.data.path or None, config.data.schema)
     return data_lib.read_dataset(path).without_tokens(config.data.drop_tokens)
 
 
+DESCRIPTION = """Train a model, with checkpoints, logs and resume in a run directory (--workdir).
+
+The workdir receives config.json, vocab.json, checkpoints/, metrics.jsonl (one record per evaluated epoch),
+loss_curve.png and, at the end, the trained model under model/ (plus model_best/ when the best checkpoint by the
+validation metric is not the last). Running the same command again on an existing workdir resumes from its latest
+readable checkpoint (only train.epochs may change). Ctrl-C stops within seconds and keeps the last finished epoch.
+One run at a time per workdir."""
+
+
+def build_parser():
+    p = cli.parser("train", DESCRIPTION)
+    p.add_argument("--config", default="small", metavar="CONFIG",
+                   help="a built-in config (tiny, small, medium, paper) or the path to a .py file defining "
+                        "get_config()")
+    p.add_argument("--workdir", required=True, metavar="DIR", help="run directory (created; resumed if it exists)")
+    cli.add_data_arg(p)
+    cli.add_set_arg(p)
+    cli.add_progress_arg(p)
+    return p
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="small", help="path to a config .py file, or tiny|small|medium|paper")
-    parser.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
-    parser.add_argument("--data", default=None, help="our HDF5 data file (default: the embedded real data set)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.epochs=3 (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        from .formats import workdir_lock
+
         config = apply_overrides(load_config(args.config), args.overrides)
         dataset = load_training_data(config, args.data)
-        result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
-    except USER_ERRORS as err:
-        return report(err)
-    last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch" and isinstance(v, float))
-    print(f"done: {args.workdir}/model ({summary})")
-    return 0
+        with workdir_lock(args.workdir, log=print):
+            result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
+        if result.interrupted:
+            return 130
+        last = result.history[-1] if result.history else {}
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch" and isinstance(v, float))
+        print(f"done: {pathlib.Path(args.workdir) / 'model'} ({summary})")
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from stellarfm_jax.config import load_config
 from stellarfm_jax.data import write_dataset
 from stellarfm_jax.nn import StellarPerceptron, init_params
 from stellarfm_jax.sampling import StarData, sample_batch
-from stellarfm_jax.steps import length_buckets, make_train_step, padding_strata
+from stellarfm_jax.steps import length_buckets, make_train_step, nll_loss, padding_strata
 from stellarfm_jax.synthetic import make_synthetic_dataset
 from stellarfm_jax.train_state import TrainState
 
@@ -80,7 +80,8 @@ def test_length_buckets_and_micro_batches_give_the_same_step(num_buckets, micro)
     results = []
     buckets = length_buckets(batch_size, cfg.context_length, P, num_buckets) if num_buckets > 1 else ()
     for bk, mb in (((), 0), (buckets, micro)):
-        step = jax.jit(make_train_step(model, optimizer, bk, micro_batch_size=mb))
+        loss_fn = nll_loss(lambda p, v, t, r, k: model.apply({"params": p}, v, t, r))
+        step = jax.jit(make_train_step(loss_fn, optimizer, buckets=bk, micro_batch_size=mb))
         state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
         results.append(step(state, batch, jax.random.key(2)))
     (full, m_full), (bucketed, m_bucketed) = results

@@ -16,9 +16,9 @@ from stellarfm_jax.config import apply_overrides, load_config
 from stellarfm_jax.data import read_dataset, write_dataset
 from stellarfm_jax.nn import StellarPerceptron
 from stellarfm_jax.saved_model import load_model
-from stellarfm_jax.steps import make_predict
 from stellarfm_jax.synthetic import make_synthetic_dataset
-from stellarfm_jax.train import export_checkpoint, fit, label_metrics
+from stellarfm_jax.forward import ModelSpec
+from stellarfm_jax.train import export_checkpoint, fit, label_metrics, predictor
 
 QUIET = dict(log=lambda *a: None)
 
@@ -36,9 +36,9 @@ def test_it_learns_a_held_out_token_with_calibrated_errors(synthetic):
     """teff predicted from the other tokens: scatter < 30% of its spread, robust z std in [0.7, 1.4]."""
     cfg = tiny("train.epochs=20", "train.eval_every_epochs=100")
     result = fit(cfg, synthetic, **QUIET)
-    model = StellarPerceptron(cfg.model, synthetic.vocab.size)
+    spec = ModelSpec(cfg.model, synthetic.vocab.size)
     inputs = [n for n in synthetic.vocab.names if n != "teff"][: cfg.model.context_length]
-    m = label_metrics(make_predict(model, 256), result.params, synthetic.vocab, synthetic.test.values,
+    m = label_metrics(predictor(result.params, spec, 256), synthetic.vocab, synthetic.test.values,
                       synthetic.test.errors, inputs, ["teff"])
     spread = np.nanstd(synthetic.test.values[:, synthetic.vocab.token_id("teff") - 1])
     print(f"teff scatter / spread = {m['teff_scatter'] / spread:.3f}, robust z std = {m['teff_z_std']:.3f}")
@@ -191,23 +191,30 @@ def test_bad_data_is_refused_before_training(tmp_path):
 
 
 def test_epoch_function_compiles_once_across_epochs():
-    """Epoch number and state are traced arguments: no retrace from one epoch to the next."""
-    from stellarfm_jax.optim import make_optimizer
-    from stellarfm_jax.nn import init_params
-    from stellarfm_jax.sampling import output_weight_vector, to_star_data
-    from stellarfm_jax.steps import make_train_epoch
-    from stellarfm_jax.train_state import TrainState
+    """Epoch number, first step and state are traced arguments: no retrace from one call to the next."""
+    from stellarfm_jax.train import run_epoch, setup_run
 
     data = make_synthetic_dataset(300, seed=7)
-    cfg = tiny()
-    model = StellarPerceptron(cfg.model, data.vocab.size)
-    optimizer = make_optimizer(cfg.train, steps_per_epoch=3)
-    state = TrainState.create(init_params(model, jax.random.key(0)), optimizer)
-    epoch_fn = make_train_epoch(model, optimizer, batch_size=64, steps_per_epoch=3,
-                                output_weights=output_weight_vector(data.vocab), seed=0,
-                                sample_kwargs=dict(context_length=16, max_padding=8, num_outputs=1))
-    star_data = to_star_data(data.vocab, data.train.values, data.train.errors)
+    run = setup_run(tiny("train.batch_size=64"), data, steps_limit=2)
+    assert run.steps_per_epoch == 3 and run.steps_per_call == 1
+    state = run.state
     for epoch in range(3):
-        state, _ = epoch_fn(state, star_data, epoch)
+        state, _ = run_epoch(run, state, epoch)
     assert int(state.step) == 9
-    assert epoch_fn._cache_size() == 1
+    assert run.train_chunk._cache_size() == 1
+
+
+def test_epoch_in_several_calls_equals_one_call():
+    """Splitting an epoch over device calls (so Ctrl-C is noticed within seconds) runs the same batches."""
+    from stellarfm_jax.train import run_epoch, setup_run
+
+    data = make_synthetic_dataset(300, seed=7)
+    one = setup_run(tiny("train.batch_size=24"), data, steps_limit=100)  # 240 train stars: 10 steps per epoch
+    many = setup_run(tiny("train.batch_size=24"), data, steps_limit=4)
+    assert one.steps_per_call == one.steps_per_epoch == 10 and many.steps_per_call == 2
+    a, ma = run_epoch(one, one.state, 0)
+    b, mb = run_epoch(many, many.state, 0)
+    assert int(a.step) == int(b.step) == 10
+    _params_close(a.params, b.params, atol=1e-6)
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+
