@@ -94,7 +94,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows ``(default: X)`` after an option's help unless the default says nothing (None, a flag's False)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.required or isinstance(action.default, bool) or action.default == []:
+        if (action.default is None or action.required or isinstance(action.default, bool) or action.default == []
+                or "default" in (action.help or "")):
             return action.help
         return super()._get_help_string(action)
 
@@ -138,9 +139,10 @@ def split_list(text: str | None) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------------------------------ values
-def data_path(value: str | None, schema: str = "xp_sampled") -> pathlib.Path:
+def data_path(value: str | None, schema: str | None = None) -> pathlib.Path:
     """The data file a command uses: ``value`` (``--data``) if given, else the embedded real data set of
-    ``schema`` (prepared and cached on first use). The one place for "--data or the default data set"."""
+    ``schema`` (default: the default schema; prepared and cached on first use). The one place for "--data or the
+    default data set"."""
     if value:
         path = pathlib.Path(value)
         if not path.is_file():
@@ -149,7 +151,7 @@ def data_path(value: str | None, schema: str = "xp_sampled") -> pathlib.Path:
     require("astropy", "the embedded data set (used when no --data is given)")
     from . import data as data_lib
 
-    return pathlib.Path(data_lib.default_dataset_path(schema=schema))
+    return pathlib.Path(data_lib.default_dataset_path(**({} if schema is None else {"schema": schema})))
 
 
 # ------------------------------------------------------------------------------------------------ running

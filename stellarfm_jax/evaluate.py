@@ -10,7 +10,6 @@ in about a minute): its numbers are not the report's.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import evaluation as ev
-from .cli import USER_ERRORS, report
+from . import cli
 from .evaluation import figures
 
 
@@ -229,60 +228,64 @@ def render_report(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve_model(spec: str):
-    """A model directory / training workdir, or the name of a shipped model."""
-    from .inference import StellarModel
+DESCRIPTION = """Evaluate a model on the paper's tasks and write a report.
 
-    path = pathlib.Path(spec)
-    if path.exists():
-        return StellarModel.load(path)
-    from . import pretrained
+The report folder (--out) receives report.md, metrics.json and PNG figures; the headline table (the model against
+per-input-set XGBoost experts) is printed. --quick evaluates a subset of stars with smaller experts (a smoke test of
+about a minute): its numbers are not the report's. Needs the 'eval' extra (xgboost, pandas, extinction)."""
 
-    return pretrained(spec)
+
+def build_parser():
+    p = cli.parser("evaluate", DESCRIPTION)
+    cli.add_model_arg(p)
+    cli.add_data_arg(p)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate on")
+    cli.add_out_arg(p, "report folder (created)")
+    p.add_argument("--quick", action="store_true", help="a subset of stars and smaller experts (smoke test)")
+    p.add_argument("--no-xgboost", action="store_true", help="skip the XGBoost experts")
+    p.add_argument("--max-stars", type=int, default=None, metavar="N", help="evaluate the first N stars of the split")
+    p.add_argument("--xgb-threads", type=int, default=None, metavar="N",
+                   help="XGBoost threads (default 2; 1 is faster when another job holds a core)")
+    return p
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory, training workdir, or shipped model name (small)")
-    parser.add_argument("--data", default=None, help="our HDF5 data file (default: the embedded real data set)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--out", required=True, help="report folder (created)")
-    parser.add_argument("--quick", action="store_true", help="a subset of stars and smaller experts (smoke test)")
-    parser.add_argument("--no-xgboost", action="store_true", help="skip the XGBoost experts")
-    parser.add_argument("--max-stars", type=int, default=None, help="evaluate the first N stars of the split")
-    parser.add_argument("--xgb-threads", type=int, default=None,
-                        help="XGBoost threads (default 2; 1 is faster when another job holds a core)")
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def work():
         from . import data as data_lib
+        from . import resolve_model
 
         model = resolve_model(args.model)
-        dataset = data_lib.read_dataset(args.data or data_lib.default_dataset_path(schema=model.vocab.schema))
+        dataset = data_lib.read_dataset(cli.data_path(args.data, model.vocab.schema))
         settings = EvalSettings.quick() if args.quick else EvalSettings()
         changes = {}
         if args.no_xgboost:
             changes["xgboost"] = False
         if args.max_stars is not None:
+            if args.max_stars < 1:
+                raise cli.BadInputError(f"--max-stars must be >= 1, got {args.max_stars}")
             changes["max_stars"] = args.max_stars
         if args.xgb_threads is not None:
             changes["xgb_params"] = settings.xgb_params + (("nthread", args.xgb_threads),)
         settings = dataclasses.replace(settings, **changes)
+        if settings.xgboost:
+            cli.require("xgboost", "the XGBoost experts (--no-xgboost skips them)")
         metrics = run_evaluation(model, dataset, args.split, args.out, settings)
-    except USER_ERRORS as err:
-        return report(err)
-    print(headline_table(metrics["headline"]))
-    cal = ", ".join(f"{k}: z std {v['z_std']:.2f}, cov {v['coverage68']:.2f} (rms z {v['z_rms']:.2f}, 2σ cov {v['coverage95']:.2f})"
-                    for k, v in metrics["calibration"].items())
-    print(f"calibration (xp_colours): {cal}")
-    ext = metrics["extinction_curve"]
-    if "deviation" in ext:
-        print(f"extinction curve vs F99 (R_V=3.1), {ext['compare_nm'][0]:.0f}-{ext['compare_nm'][1]:.0f} nm: max deviation {ext['deviation']:.3f}")
-        d = metrics["extinction_in_data"]
-        print(f"  reddening amplitude: training data / F99 {d['data_vs_f99_scale']:.2f} (shape residual "
-              f"{d['data_vs_f99_shape']:.3f}); model / data {d['model_vs_data_scale']:.2f}, local slope "
-              f"{d['model_local_vs_data_scale']:.2f}")
-    print(f"report: {pathlib.Path(args.out) / 'report.md'} ({metrics['seconds']['total']:.0f} s)")
-    return 0
+        print(headline_table(metrics["headline"]))
+        cal = ", ".join(f"{k}: z std {v['z_std']:.2f}, cov {v['coverage68']:.2f} (rms z {v['z_rms']:.2f}, 2σ cov {v['coverage95']:.2f})"
+                        for k, v in metrics["calibration"].items())
+        print(f"calibration (xp_colours): {cal}")
+        ext = metrics["extinction_curve"]
+        if "deviation" in ext:
+            print(f"extinction curve vs F99 (R_V=3.1), {ext['compare_nm'][0]:.0f}-{ext['compare_nm'][1]:.0f} nm: max deviation {ext['deviation']:.3f}")
+            d = metrics["extinction_in_data"]
+            print(f"  reddening amplitude: training data / F99 {d['data_vs_f99_scale']:.2f} (shape residual "
+                  f"{d['data_vs_f99_shape']:.3f}); model / data {d['model_vs_data_scale']:.2f}, local slope "
+                  f"{d['model_local_vs_data_scale']:.2f}")
+        print(f"report: {pathlib.Path(args.out) / 'report.md'} ({metrics['seconds']['total']:.0f} s)")
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":

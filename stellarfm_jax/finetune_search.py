@@ -1,23 +1,14 @@
-"""Fine-tune the contrastive search heads (issue #7) and build a test-split search database:
+"""Fine-tune the contrastive search heads and build a test-split search database
+(``python -m stellarfm_jax.finetune_search``).
 
-    python -m stellarfm_jax.finetune_search --model DIR|small --out DIR [--data FILE.h5] [--epochs N]
-                                            [--batch-size B] [--seed S]
+    python -m stellarfm_jax.finetune_search --model small --out DIR [--data FILE.h5] [--epochs N]
 
-``--model`` is a saved-model directory, a training workdir (its ``model/``) or the name of a shipped model
-(``small``); its encoder stays frozen. The heads train on the train split (best epoch by validation recovery@100),
-then the out folder receives:
-
-* ``search_model/``: the search model (heads + a copy of the base model; ``stellarfm_jax.search.SearchModel.load``),
-* ``database_test.h5``: spectra embeddings of every test-split star, with source_id and the true query tokens
-  (``stellarfm_jax.search.SearchDatabase.load``),
-* ``report.json``: recovery@k on the test split (query: each star's teff, logg, m_h, alpha_m, logebv, jh, jk where
-  available; database: all test spectra) against the random baseline k / N, the paper's example queries with the
-  true labels of their top 10, timings and the machine.
+:func:`run` is the command as a library call (the model and search database are loaded with
+``stellarfm_jax.search.SearchModel.load`` / ``SearchDatabase.load``); ``--help`` describes the outputs.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -44,20 +35,6 @@ EXAMPLE_QUERIES = ({"teff": 4700.0, "logg": 2.5, "m_h": 0.0}, {"teff": 3900.0, "
 REPORT_K = (1, 10, 100)
 # Partial queries also reported (recovery@100 of each star from only these of its tokens).
 PARTIAL_QUERY_SETS = (("teff", "logg", "m_h"), ("teff", "logg", "m_h", "alpha_m"), ("jh", "jk"))
-
-
-def resolve_model(spec: str):
-    """A model directory / training workdir, or the name of a shipped model (``small``)."""
-    from .inference import StellarModel
-
-    path = pathlib.Path(spec)
-    if path.exists():
-        return StellarModel.load(path)
-    if os.sep in spec or "/" in spec:
-        raise FileNotFoundError(f"--model {spec}: no such directory")
-    from . import pretrained
-
-    return pretrained(spec)
 
 
 def example_report(db, queries=EXAMPLE_QUERIES, k: int = 10) -> list[dict]:
@@ -120,11 +97,12 @@ def run(model_spec: str, out, data: str | None = None, config: SearchTrainConfig
         head: HeadConfig = HeadConfig(), progress: bool = False, log=print, command: str | None = None) -> dict:
     """The whole command as a library call: train, save, build the test database, write ``report.json``."""
     from . import data as data_lib
+    from . import resolve_model
 
     out = pathlib.Path(out)
     t_start = time.perf_counter()
     base = resolve_model(model_spec)
-    data_path = data or data_lib.default_dataset_path(schema=base.vocab.schema)
+    data_path = cli.data_path(data, base.vocab.schema)
     dataset = data_lib.read_dataset(data_path)
     fit = fit_search(base, dataset, config, head, progress=progress, log=log, base_source=model_spec)
     model = fit.model
@@ -166,31 +144,44 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.finetune_search",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model directory, training workdir, or shipped model name (small)")
-    parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--data", default=None, help="our HDF5 data file (default: the embedded real data set)")
+DESCRIPTION = """Fine-tune the contrastive search heads of a trained model and build a test-split search database.
+
+The model's encoder stays frozen; the heads train on the train split (best epoch by validation recovery@100).
+The output folder receives search_model/ (the heads with a copy of the base model), database_test.h5 (spectra
+embeddings of every test-split star with their source_id and true labels) and report.json (recovery@k on the test
+split against the random baseline, the paper's example queries with the true labels of their top 10, timings)."""
+
+
+def build_parser():
+    p = cli.parser("finetune_search", DESCRIPTION)
+    cli.add_model_arg(p, what="the base model")
+    cli.add_out_arg(p, "output folder (created)")
+    cli.add_data_arg(p)
     defaults = SearchTrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        config = dataclasses.replace(defaults, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
-        config.validate()
-        if args.data is not None and not pathlib.Path(args.data).is_file():
-            raise FileNotFoundError(f"--data {args.data}: no such file")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, metavar="N", help="training epochs of the heads")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N", help="stars per step")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    cli.add_progress_arg(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        config = dataclasses.replace(SearchTrainConfig(), epochs=args.epochs, batch_size=args.batch_size,
+                                     seed=args.seed)
+        try:
+            config.validate()
+        except ValueError as err:  # the config is made of this command's options only
+            raise cli.BadInputError(str(err)) from None
         command = "python -m stellarfm_jax.finetune_search " + " ".join(sys.argv[1:] if argv is None else argv)
         report = run(args.model, args.out, args.data, config, progress=not args.no_progress, command=command)
-    except cli.USER_ERRORS as err:
-        return cli.report(err)
-    print(summary(report))
-    print(f"saved: {pathlib.Path(args.out) / 'search_model'}, {pathlib.Path(args.out) / 'database_test.h5'}, "
-          f"{pathlib.Path(args.out) / 'report.json'}")
-    return 0
+        print(summary(report))
+        out = pathlib.Path(args.out)
+        print(f"saved: {out / 'search_model'}, {out / 'database_test.h5'}, {out / 'report.json'}")
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,12 @@
-"""Teach a trained model new tokens with LoRA adapters, from a small labelled subset (stellarfm_jax.adapters).
+"""Teach a trained model new tokens with LoRA adapters (``python -m stellarfm_jax.finetune_tokens``).
 
-    python -m stellarfm_jax.finetune_tokens --model BASE_DIR --tokens alpha_m --out ADAPTER_DIR \\
-        [--data FILE.h5] [--max-stars 1000] [--epochs 200] [--rank 8] [--reference small]
+    python -m stellarfm_jax.finetune_tokens --model BASE --tokens alpha_m --out ADAPTER_DIR [--reference small]
 
-The labelled stars are drawn (seeded) from the train split among those with every new token measured. The
-adapter (new embedding rows + LoRA factors, not the base model) is written to ``ADAPTER_DIR`` with
-``report.json``: on the chosen split, the new tokens' robust scatter / bias / calibration from "spectra +
-colours", the same for ``--reference`` (a model trained with those tokens from the start) and their ratio,
-and whether the base model's answers for its own labels are unchanged bit for bit.
+:func:`run` is the command as a library call; ``--help`` describes the outputs.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -25,7 +19,7 @@ import numpy as np
 from . import cli
 from .adapters import AdapterConfig, AdaptedModel, fine_tune, labelled_subset, load_adapter
 from .evaluation.common import InputSet, calibration_stats, masked_inputs, predict_tokens, residual_stats
-from .train import DEFAULT_LABELS, spectra_colour_inputs
+from .metrics import MONITOR_LABELS as DEFAULT_LABELS, spectra_colour_inputs
 from .vocab import align_columns
 
 
@@ -66,70 +60,97 @@ def base_unchanged(adapted: AdaptedModel, dataset, split_name: str, max_stars: i
     return all(np.array_equal(a[k], b[k]) for k in b.keys())
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.finetune_tokens", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="base model directory, training workdir, or shipped model name")
-    parser.add_argument("--tokens", required=True, help="comma-separated new token names (columns of the data)")
-    parser.add_argument("--out", required=True, help="adapter directory (created)")
-    parser.add_argument("--data", default=None, help="our HDF5 data file (default: the embedded real data set)")
-    parser.add_argument("--max-stars", type=int, default=1000, help="labelled stars used (default 1000)")
-    parser.add_argument("--epochs", type=int, default=AdapterConfig.epochs)
-    parser.add_argument("--rank", type=int, default=AdapterConfig.rank)
-    parser.add_argument("--learning-rate", type=float, default=AdapterConfig.learning_rate)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="test", choices=("val", "test"), help="split of the report")
-    parser.add_argument("--reference", default=None, help="a model trained with the new tokens from the start, to compare")
-    args = parser.parse_args(argv)
-    try:
-        from . import data as data_lib
-        from .evaluate import resolve_model
+def run(model_spec: str, tokens: list[str], out, data: str | None = None, max_stars: int = 1000,
+        config: AdapterConfig = AdapterConfig(), split: str = "test", reference: str | None = None) -> dict:
+    """The whole command as a library call: draw the labelled subset, fine-tune, save the adapter in ``out`` with
+    ``report.json`` (accuracy of the new tokens, optionally against ``reference``, and whether the base model's
+    answers are unchanged). Returns the report."""
+    from . import data as data_lib
+    from . import resolve_model
 
-        base = resolve_model(args.model)
-        if isinstance(base, AdaptedModel):
-            raise ValueError("--model must be a base model, not an adapter")
-        tokens = [t.strip() for t in args.tokens.split(",") if t.strip()]
-        if not tokens:
-            raise ValueError("--tokens names no token")
-        dataset = data_lib.read_dataset(args.data or data_lib.default_dataset_path(schema=base.vocab.schema))
-        for t in tokens:
-            dataset.vocab.token_id(t)  # unknown names raise, listing the closest
-        if args.max_stars < 1:
-            raise ValueError(f"--max-stars must be >= 1, got {args.max_stars}")
-        train = dataset.train
-        rows = labelled_subset(train.values, [dataset.vocab.token_id(t) - 1 for t in tokens], args.max_stars, args.seed)
-        names = [n for n in dataset.vocab.names if n in base.vocab.names or n in tokens]
-        cols = dataset.vocab.ids(names) - 1
-        groups = [dataset.vocab.groups[dataset.vocab.token_id(t) - 1] for t in tokens]
+    base = resolve_model(model_spec)
+    if isinstance(base, AdaptedModel):
+        raise cli.BadInputError("--model must be a base model, not an adapter")
+    if not tokens:
+        raise cli.BadInputError("--tokens names no token")
+    if max_stars < 1:
+        raise cli.BadInputError(f"--max-stars must be >= 1, got {max_stars}")
+    dataset = data_lib.read_dataset(cli.data_path(data, base.vocab.schema))
+    for t in tokens:
+        dataset.vocab.token_id(t)  # unknown names raise, listing the closest
+    train = dataset.train
+    rows = labelled_subset(train.values, [dataset.vocab.token_id(t) - 1 for t in tokens], max_stars, config.seed)
+    names = [n for n in dataset.vocab.names if n in base.vocab.names or n in tokens]
+    cols = dataset.vocab.ids(names) - 1
+    groups = [dataset.vocab.groups[dataset.vocab.token_id(t) - 1] for t in tokens]
+    t0 = time.perf_counter()
+    adapted = fine_tune(base, train.values[rows][:, cols], train.errors[rows][:, cols], names, tokens,
+                        config=config, groups=groups)
+    train_seconds = time.perf_counter() - t0
+    out = pathlib.Path(out)
+    adapted.save(out)
+    reloaded = load_adapter(out, base)
+    report = {"base_model": model_spec, "tokens": tokens, "labelled_stars": int(rows.size),
+              "adapter_config": dataclasses.asdict(config), "train_seconds": round(train_seconds, 1),
+              "split": split, "adapted": token_accuracy(reloaded, dataset, split, tokens),
+              "base_answers_unchanged": base_unchanged(reloaded, dataset, split),
+              "machine": f"{jax.default_backend()} ({jax.device_count()} device)"}
+    if reference:
+        ref = resolve_model(reference)
+        report["reference_model"] = reference
+        report["reference"] = token_accuracy(ref, dataset, split, tokens)
+        report["scatter_ratio"] = {t: report["adapted"][t]["scatter"] / report["reference"][t]["scatter"] for t in tokens}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+DESCRIPTION = """Teach a trained model new tokens with LoRA adapters, from a small labelled subset.
+
+The labelled stars are drawn (seeded) from the train split among those with every new token measured. The adapter
+(new embedding rows and LoRA factors, not the base model) is written to --out with report.json: on the chosen
+split, the new tokens' robust scatter, bias and calibration from spectra + colours, the same for --reference (a
+model trained with those tokens from the start) and their ratio, and whether the base model's answers for its own
+labels are unchanged bit for bit."""
+
+
+def build_parser():
+    p = cli.parser("finetune_tokens", DESCRIPTION)
+    cli.add_model_arg(p, what="the base model")
+    p.add_argument("--tokens", required=True, metavar="NAMES", help="comma-separated new token names (data columns)")
+    cli.add_out_arg(p, "adapter directory (created)")
+    cli.add_data_arg(p)
+    p.add_argument("--max-stars", type=int, default=1000, metavar="N", help="labelled stars used")
+    p.add_argument("--epochs", type=int, default=AdapterConfig.epochs, metavar="N", help="training epochs")
+    p.add_argument("--rank", type=int, default=AdapterConfig.rank, help="LoRA rank (alpha = 2 x rank)")
+    p.add_argument("--learning-rate", type=float, default=AdapterConfig.learning_rate, metavar="LR",
+                   help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (subset and initialisation)")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="split of the report")
+    cli.add_model_arg(p, flag="--reference", required=False,
+                      what="optional model trained with the new tokens from the start, to compare with")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        tokens = cli.split_list(args.tokens)
         config = AdapterConfig(rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs,
                                learning_rate=args.learning_rate, seed=args.seed)
-        t0 = time.perf_counter()
-        adapted = fine_tune(base, train.values[rows][:, cols], train.errors[rows][:, cols], names, tokens,
-                            config=config, groups=groups)
-        train_seconds = time.perf_counter() - t0
-        out = pathlib.Path(args.out)
-        adapted.save(out)
-        reloaded = load_adapter(out, base)
-        report = {"base_model": args.model, "tokens": tokens, "labelled_stars": int(rows.size),
-                  "adapter_config": dataclasses.asdict(config), "train_seconds": round(train_seconds, 1),
-                  "split": args.split, "adapted": token_accuracy(reloaded, dataset, args.split, tokens),
-                  "base_answers_unchanged": base_unchanged(reloaded, dataset, args.split),
-                  "machine": f"{jax.default_backend()} ({jax.device_count()} device)"}
-        if args.reference:
-            ref = resolve_model(args.reference)
-            report["reference_model"] = args.reference
-            report["reference"] = token_accuracy(ref, dataset, args.split, tokens)
-            report["scatter_ratio"] = {t: report["adapted"][t]["scatter"] / report["reference"][t]["scatter"] for t in tokens}
-        (out / "report.json").write_text(json.dumps(report, indent=1))
-    except cli.USER_ERRORS as err:
-        return cli.report(err)
-    for t in tokens:
-        a = report["adapted"][t]
-        line = f"{t}: scatter {a['scatter']:.4g}, bias {a['bias']:.3g}, z std {a['z_std']:.2f} ({a['n']} {args.split} stars)"
-        if "reference" in report:
-            line += f"; reference scatter {report['reference'][t]['scatter']:.4g} (ratio {report['scatter_ratio'][t]:.2f})"
-        print(line)
-    print(f"base answers unchanged: {report['base_answers_unchanged']}; adapter in {out} ({train_seconds:.0f} s)")
-    return 0
+        report = run(args.model, tokens, args.out, args.data, args.max_stars, config, args.split, args.reference)
+        for t in tokens:
+            a = report["adapted"][t]
+            line = (f"{t}: scatter {a['scatter']:.4g}, bias {a['bias']:.3g}, z std {a['z_std']:.2f} ({a['n']} "
+                    f"{args.split} stars)")
+            if "reference" in report:
+                line += (f"; reference scatter {report['reference'][t]['scatter']:.4g} (ratio "
+                         f"{report['scatter_ratio'][t]:.2f})")
+            print(line)
+        print(f"base answers unchanged: {report['base_answers_unchanged']}; adapter in {args.out} "
+              f"({report['train_seconds']:.0f} s)")
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":

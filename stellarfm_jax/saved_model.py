@@ -4,15 +4,17 @@ Layout::
 
     MODEL_DIR/
       model.json    {"format": "stellarfm_jax.model", "version": 1, "model": ModelConfig,
-                     "params_sha256": "...", "metadata": {...}}
+                     "checksums": {"params": ..., "model": ..., "vocab": ...}, "metadata": {...}}
       vocab.json    the Vocabulary (names, standardisation, outputs, groups)
       params.npz    float32 parameters, one array per "a/b/c" path of the Flax params tree
 
 NumPy's npz keeps the directory readable without JAX or Orbax (a few MB for the small config). Loading checks
 the directory against itself: the parameter tree must be exactly the one the config builds (every array's path
-and shape, nothing missing or extra), every parameter finite, and the parameters' sha256 equal to the one
-recorded at save time (directories written before the hash was recorded load without that last check). The
-first mismatch is named in a :class:`~stellarfm_jax.cli.BadFileError`.
+and shape, nothing missing or extra), every parameter finite, and the sha256 checksums recorded at save time
+must match: of the parameters (:func:`~stellarfm_jax.formats.params_sha256`), of the architecture in model.json
+(every ModelConfig key but ``compute_dtype``, which a caller may change on purpose) and of vocab.json.
+Directories written before the checksums were recorded load without that last check. The first mismatch is
+named in a :class:`~stellarfm_jax.cli.BadFileError`.
 
 Training checkpoints (optimiser state, resume) are Orbax's business (``checkpoint.py``).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 import zipfile
@@ -31,7 +34,8 @@ import numpy as np
 
 from .cli import BadFileError, BadInputError, MissingFileError
 from .config import ModelConfig, model_config_from_dict
-from .formats import atomic_directory, check_header, flatten_params, params_sha256, read_json, unflatten_params
+from .formats import (atomic_directory, flatten_params, params_sha256, read_json, sha256_file,  # noqa: F401
+                      unflatten_params)
 from .nn.model import StellarPerceptron, init_params
 from .vocab import Vocabulary
 
@@ -55,9 +59,40 @@ def save_model(path, params, model_config: ModelConfig, vocab: Vocabulary, metad
         np.savez(tmp / "params.npz", **flat)
         vocab.save(tmp / "vocab.json")
         doc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model_config),
-               "params_sha256": params_sha256(flat), "metadata": metadata or {}}
+               "checksums": checksums(flat, model_config, tmp / "vocab.json"), "metadata": metadata or {}}
         (tmp / "model.json").write_text(json.dumps(doc, indent=2))
     return pathlib.Path(path)
+
+
+def config_sha256(model_config: ModelConfig) -> str:
+    """sha256 of the architecture: the canonical JSON of every ModelConfig key but ``compute_dtype``."""
+    arch = {k: v for k, v in dataclasses.asdict(model_config).items() if k != "compute_dtype"}
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()
+
+
+def checksums(flat: dict, model_config: ModelConfig, vocab_path) -> dict:
+    """What model.json records at save time: sha256 of the parameters, of the architecture, of vocab.json."""
+    return {"params": params_sha256(flat), "model": config_sha256(model_config), "vocab": sha256_file(vocab_path)}
+
+
+def _check_checksums(path: pathlib.Path, doc: dict, flat: dict, config: ModelConfig) -> None:
+    recorded = doc.get("checksums")
+    if recorded is None:
+        return  # written before checksums were recorded
+    if not isinstance(recorded, dict):
+        raise BadFileError(f"{path / 'model.json'}: 'checksums' must be an object, got {recorded!r}")
+    if "model" in recorded and recorded["model"] != config_sha256(config):
+        saved = ((doc.get("metadata") or {}).get("config") or {}).get("model") or {}
+        changed = [k for k, v in dataclasses.asdict(config).items() if k in saved and saved[k] != v and k != "compute_dtype"]
+        hint = f" (differs from the training config in {', '.join(changed)})" if changed else ""
+        raise BadFileError(f"{path / 'model.json'}: the model config is not the one saved with these parameters"
+                           f"{hint}; the file was edited")
+    if "vocab" in recorded and recorded["vocab"] != sha256_file(path / "vocab.json"):
+        raise BadFileError(f"{path / 'vocab.json'}: its sha256 differs from the one recorded in model.json at save "
+                           f"time (edited or corrupted)")
+    if "params" in recorded and recorded["params"] != params_sha256(flat):
+        raise BadFileError(f"{path / 'params.npz'}: the parameters' sha256 differs from the one recorded in "
+                           f"model.json at save time (edited or corrupted)")
 
 
 def is_model_dir(path) -> bool:
@@ -129,10 +164,7 @@ def load_model(path):
         raise BadFileError(f"{path / 'vocab.json'}: not a valid vocabulary ({type(err).__name__}: {err})") from None
     flat = _read_params(path / "params.npz")
     check_params(flat, config, vocab.size, str(path / "params.npz"))
-    recorded = doc.get("params_sha256")
-    if recorded is not None and recorded != params_sha256(flat):
-        raise BadFileError(f"{path / 'params.npz'}: the parameters' sha256 {params_sha256(flat)[:12]}... differs from "
-                           f"the {str(recorded)[:12]}... recorded in model.json at save time (edited or corrupted)")
+    _check_checksums(path, doc, flat, config)
     return unflatten_params(flat), config, vocab, doc.get("metadata", {})
 
 
@@ -155,5 +187,5 @@ def resolve_model_dir(spec) -> pathlib.Path:
                                f"training workdir containing one at model/")
     if str(spec) in shipped_model_names():
         return SHIPPED_MODELS_DIR / str(spec)
-    raise MissingFileError(f"model {str(spec)!r}: no such directory, and not the name of a shipped model "
+    raise MissingFileError(f"model {str(spec)!r}: no such directory, and no shipped model of that name "
                            f"(shipped: {', '.join(shipped_model_names()) or 'none'})")
