@@ -19,10 +19,8 @@ accepts NumPy arrays as well as torch tensors.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
-import hashlib
 import json
 import pathlib
 import sys
@@ -33,9 +31,11 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import __version__
-from .cli import USER_ERRORS, report
+from . import cli
+from .cli import BadFileError, MissingFileError, OutputExistsError, require
 from .config import ModelConfig
-from .saved_model import flatten_params, load_model, save_model, unflatten_params
+from .formats import sha256_file
+from .saved_model import flatten_params, load_model, resolve_model_dir, save_model, unflatten_params
 from .schemas import PAPER_WITHHELD_OUTPUTS, paper_groups, paper_names
 from .vocab import Vocabulary
 
@@ -46,7 +46,7 @@ BACKEND_KEYS = ("backend_framewoark", "backend_framework")
 SUPPORTED_ACTIVATIONS = ("gelu",)  # our model is exact-erf GELU throughout
 
 
-class ConversionError(ValueError):
+class ConversionError(BadFileError):
     """The torch state_dict or config does not match the architecture it is converted to."""
 
 
@@ -398,26 +398,13 @@ def original_config(model_config: ModelConfig, vocab: Vocabulary, backend: str |
 
 
 # ---------------------------------------------------------------------------------------------- files
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_torch_weights(path) -> tuple[dict, dict]:
     """Read ``weights.pt`` with ``torch.load(weights_only=True)`` on the CPU.
 
     Returns (state_dict, info): the model state_dict from the original's container
     (``model_state_dict`` + ``optimizer_state_dict``, ``optimizer``, ``epoch``) or the file itself if it
     is a bare state_dict; ``info`` holds ``epoch`` and ``optimizer`` when present."""
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading weights.pt needs PyTorch: pip install 'stellarfm_jax[torch]' (or torch==2.13.0 for a CPU build)"
-        ) from err
+    torch = require("torch", "reading weights.pt")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, Mapping):
         raise ConversionError(f"{path}: expected a dict (a state_dict or the original's container), got {type(obj).__name__}")
@@ -437,7 +424,7 @@ def convert_release(torch_dir, out_dir, weights_file: str = WEIGHTS_FILE, config
     weights_path, config_path = torch_dir / weights_file, torch_dir / config_file
     for path in (weights_path, config_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: an original release folder holds {weights_file} and {config_file}")
+            raise MissingFileError(f"{path} not found: an original release folder holds {weights_file} and {config_file}")
     cfg = json.loads(config_path.read_text())
     model_config = model_config_from_original(cfg)
     state_dict, info = load_torch_weights(weights_path)
@@ -452,8 +439,8 @@ def convert_release(torch_dir, out_dir, weights_file: str = WEIGHTS_FILE, config
     metadata = {
         "source": "original PyTorch release (stellarperceptron)",
         "source_file": str(weights_path.resolve()),
-        "source_sha256": _sha256(weights_path),
-        "config_sha256": _sha256(config_path),
+        "source_sha256": sha256_file(weights_path),
+        "config_sha256": sha256_file(config_path),
         "original_backend": backend,
         "original_epoch": info.get("epoch"),
         "original_optimizer": info.get("optimizer"),
@@ -468,12 +455,12 @@ def export_release(model_dir, torch_dir, epoch: int = -1) -> pathlib.Path:
     """Write a stellarfm_jax model directory as an original release folder (``weights.pt`` in the
     original's container + ``config.json``) that ``StellarPerceptron.load`` of the original can read.
     The optimiser state is not exported (an empty dict). Refuses to overwrite an existing config.json."""
-    import torch
+    torch = require("torch", "writing weights.pt")
 
     params, model_config, vocab, metadata = load_model(model_dir)
     torch_dir = pathlib.Path(torch_dir)
     if (torch_dir / CONFIG_FILE).exists():
-        raise FileExistsError(f"{torch_dir / CONFIG_FILE} exists; choose an empty folder")
+        raise OutputExistsError(f"{torch_dir / CONFIG_FILE} exists; choose an empty folder")
     cfg = original_config(model_config, vocab)
     state_dict = export_state_dict(params, model_config)
     torch_dir.mkdir(parents=True, exist_ok=True)
@@ -484,32 +471,32 @@ def export_release(model_dir, torch_dir, epoch: int = -1) -> pathlib.Path:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def build_parser():
+    p = cli.parser("convert", "Import the original PyTorch release (weights.pt + config.json) as a stellarfm_jax\n"
+                   "model directory, or export a model back to the original's format (--export).\n"
+                   "Needs the 'torch' extra.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--torch-dir", metavar="DIR", help="folder with the original's weights.pt and config.json")
+    cli.add_model_arg(source, flag="--export", required=False, what="a model to export to the original's format")
+    cli.add_out_arg(p, "output folder: the model directory (import) or the torch release folder (export)")
+    p.add_argument("--weights", default=WEIGHTS_FILE, metavar="FILE", help="weights file name inside --torch-dir")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stellarfm_jax.convert",
-        description="Import the original PyTorch release (weights.pt + config.json) as a stellarfm_jax model "
-        "directory, or export a model directory back to the original's format (--export).",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--torch-dir", help="folder with the original's weights.pt and config.json")
-    source.add_argument("--export", metavar="MODEL_DIR", help="a stellarfm_jax model directory to export to torch")
-    parser.add_argument("--out", required=True, help="output folder (model directory, or torch release folder)")
-    parser.add_argument("--weights", default=WEIGHTS_FILE, help=f"weights file name inside --torch-dir ({WEIGHTS_FILE})")
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def work():
         if args.torch_dir:
             out = convert_release(args.torch_dir, args.out, weights_file=args.weights)
             _, model_config, vocab, metadata = load_model(out)
-            print(
-                f"converted {args.torch_dir} -> {out} ({vocab.size} tokens, embedding_dim {model_config.embedding_dim}, "
-                f"{metadata['conversion_seconds']} s)"
-            )
+            print(f"converted {args.torch_dir} -> {out} ({vocab.size} tokens, embedding_dim "
+                  f"{model_config.embedding_dim}, {metadata['conversion_seconds']} s)")
         else:
-            out = export_release(args.export, args.out)
+            out = export_release(resolve_model_dir(args.export), args.out)
             print(f"exported {args.export} -> {out / WEIGHTS_FILE} and {out / CONFIG_FILE}")
-    except USER_ERRORS as err:
-        return report(err)
-    return 0
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":

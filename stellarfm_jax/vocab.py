@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .cli import UserError
+
 PAD_ID = 0
 TOKEN_GROUPS = ("spectrum", "colour", "label", "other")
 
@@ -41,7 +43,7 @@ def align_columns(values: np.ndarray, names, target_names) -> np.ndarray:
     return np.where(cols >= 0, values[:, np.maximum(cols, 0)], np.nan)
 
 
-class UnknownTokenError(KeyError, ValueError):
+class UnknownTokenError(UserError, KeyError, ValueError):
     """A token name that is not in the vocabulary; the message lists the closest valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the message
