@@ -11,17 +11,17 @@
 Here, before the call (the prepared HDF5 travels in an ignored folder; ``../shared`` does not travel)::
 
     mkdir -p .carry && grep -qx '/.carry/' .git/info/exclude || echo /.carry/ >> .git/info/exclude
-    cp ~/.cache/stellarfm_jax/datasets/xp_sampled_apogee-xp-library_*_v1.h5 .carry/
+    cp ~/.cache/stellarfm_jax/datasets/xp_sampled_apogee-xp-library_*_v2.h5 .carry/
 
 On the device (``run`` with ``carry=[".carry"]``, ``timeout_s=600``)::
 
-    PYTHONUNBUFFERED=1 python3 scripts/gpu_session.py run --data .carry/xp_sampled_apogee-xp-library_*_v1.h5
+    PYTHONUNBUFFERED=1 python3 scripts/gpu_session.py run --data .carry/xp_sampled_apogee-xp-library_*_v2.h5
 
 Back here, with the folder the tool returned the files in::
 
     python scripts/gpu_session.py unpack FILES_DIR runs/gpu_medium
     python -m stellarfm_jax.evaluate --model runs/gpu_medium --out runs/eval_gpu_medium
-    python scripts/ship_model.py --workdir runs/gpu_medium --name small --data ~/.cache/.../xp_sampled_..._v1.h5 \\
+    python scripts/ship_model.py --workdir runs/gpu_medium --name small --data ~/.cache/.../xp_sampled_..._v2.h5 \\
         --trained-on "1x NVIDIA H200, bfloat16" --command "$(cat runs/gpu_medium/command.txt)"
 
 ``run --dry-run`` does every stage on a CPU in about a minute (the GPU check's dry run, the tiny config for
@@ -158,7 +158,21 @@ def main(argv=None) -> int:
     if not args.out:
         parser.error("--out is required when $OUT is not set")
     session = run(matches[0], pathlib.Path(args.out), args.budget_s, args.check_share, args.dry_run)
-    return 0 if session["train_rc"] == 0 else 1
+    failed = failed_stages(session)
+    if failed:
+        print(f"error: session failed: {', '.join(failed)} (see the log above and session.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def failed_stages(session: dict) -> list[str]:
+    """The stages of a session record that did not finish cleanly, as 'name (reason)'; a time-out is a failure."""
+    out = []
+    for name in ("check", "train"):
+        rc = session.get(f"{name}_rc")
+        if rc:
+            out.append(f"{name} stage " + ("timed out" if rc == 124 else f"exited with status {rc}"))
+    return out
 
 
 if __name__ == "__main__":

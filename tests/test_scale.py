@@ -155,3 +155,18 @@ def test_gpu_session_dry_run_checks_trains_packs_and_unpacks(tmp_path):
     assert plan_epochs(check, n_train=32_000, seconds=200) == int(0.5 * 200 * 100_000 / 32_000)
     assert plan_epochs(check, n_train=32_000, seconds=1) == 20
     assert plan_epochs(None, n_train=32_000, seconds=200, fallback=77) == 77
+
+
+def test_gpu_session_fails_when_a_stage_times_out(monkeypatch, tmp_path, capsys):
+    """A stage that hit its time limit (rc 124) or failed fails the whole session with a message naming it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import gpu_session
+
+    assert gpu_session.failed_stages({"check_rc": 0, "train_rc": 0}) == []
+    assert gpu_session.failed_stages({"check_rc": 124, "train_rc": 0}) == ["check stage timed out"]
+    assert gpu_session.failed_stages({"check_rc": 0, "train_rc": 2}) == ["train stage exited with status 2"]
+    data = tmp_path / "d.h5"
+    data.write_bytes(b"")
+    monkeypatch.setattr(gpu_session, "run", lambda *a, **k: {"check_rc": 124, "train_rc": 0})
+    assert gpu_session.main(["run", "--data", str(data), "--out", str(tmp_path / "out"), "--dry-run"]) == 1
+    assert "check stage timed out" in capsys.readouterr().err
