@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -42,6 +43,12 @@ def test_a_wheel_installed_elsewhere_trains_the_tiny_config(tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv])
     python = venv / "bin" / "python"
+    # When this environment is itself a venv (.ci/run), --system-site-packages sees the base interpreter's
+    # packages, not this one's: list this environment's site-packages in the new venv too (plain paths, so their
+    # .pth files - the editable install of this checkout among them - are not processed).
+    venv_site = pathlib.Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+                                 ).stdout.strip())
+    (venv_site / "parent_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     # pip of this environment, installing into the venv; -I: the editable install of this checkout is visible
     # through --system-site-packages and must not count as "already installed".
     run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-I", "-q", wheel])
