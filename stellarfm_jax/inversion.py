@@ -2,25 +2,48 @@
 matches an observed one.
 
 For one star with free inputs theta (standardised units, e.g. teff, logg, m_h, logebv), optional fixed
-inputs, and observed tokens y with errors e (standardised), the objective is the Gaussian negative
-log-likelihood
+inputs, and observed tokens y with errors e (standardised), the likelihood part of the objective is the
+Gaussian negative log-likelihood
 
     NLL(theta) = 0.5 * sum_j [ (y_j - mu_j(theta))^2 / V_j(theta) + ln V_j(theta) ],
     V_j = e_j^2 + exp(logvar_j(theta))          (observed error^2 + model predictive variance)
 
-over the observed (non-missing) tokens j, plus ``0.5 * |theta|^2 / prior_sigma^2`` when a Gaussian prior
-(in standardised units, centred on the training median) is asked for. It is minimised with optax Adam on
-``jax.grad`` over the float input *values* (token ids never move), from several starts per star (the
-training median plus random draws; the same starts for every star, so a star's answer does not depend on
-its batch; the step size decays along a cosine to 1% of its start), ``vmap``ped over starts and stars. The best start wins; the Laplace covariance is the inverse
-``jax.hessian`` of the NLL at that optimum.
+over the observed (non-missing) tokens j (the decoder answers every observed token; the encoder sees only the
+free and fixed tokens). The objective is ``NLL(theta) - ln p(theta)`` with an optional prior p: a Gaussian
+mixture over the free tokens fitted on the training split (:class:`InversionPrior`), a plain Gaussian of width
+``prior_sigma`` around the training median, or none (flat).
+
+One star's fit (every star of a chunk in one jitted ``vmap``; the same program for every star, so a star's
+answer does not depend on its batch):
+
+1. **Candidates**: the model's own forward prediction of the free tokens from the observed (and fixed) tokens,
+   ``n_draws`` draws around it with its predicted sigma, a coarse grid over the training distribution (the
+   prior's mixture means, or a teff x logg grid at -1, 0, 1 robust sigma without a mixture prior) and the
+   training median. The objective is evaluated at every candidate; the ``n_starts`` best are kept.
+2. **Adam** (optax, cosine-decayed step from ``learning_rate``) from each kept start, for at most ``steps``
+   iterations; a start stops early when its objective has not improved by ``1e-4`` for ``patience`` steps
+   (``lax.while_loop``: under ``vmap`` a finished star's state is held fixed, the loop ends when every star
+   has finished).
+3. **Damped Newton** (Levenberg-Marquardt on ``jax.hessian``) from the best start for at most
+   ``newton_steps`` iterations, stopping early per star when a step moves less than ``1e-4`` (standardised).
+4. **Laplace covariance**: the inverse Hessian of the whole objective (prior included) at the optimum. A
+   Hessian that is not positive definite gets a ridge (``max(0, -lambda_min) + 1e-4 max(1, |lambda|_max)``)
+   until it is, a Hessian that is not finite gives the training spread (identity in standardised units):
+   both flagged, with the reason per star, never a silent NaN.
+
+Flags per star (``InversionResult.reason`` says which, '' when none): not converged, Hessian regularised, a
+gradient not finite, and an optimum at (within 0.5% of the span) or beyond the edge of the training range
+(``token_range`` in the model's metadata, else the prior's training support).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import chex
@@ -30,91 +53,374 @@ import numpy as np
 import optax
 
 from . import forward
-from .forward import DEFAULT_CHUNK_SIZE, ModelSpec, map_chunks
-from .inputs import as_float_array, token_ids
+from .forward import ModelSpec, default_chunk_size, map_chunks
+from .inputs import as_float_array, prepare_inputs, token_ids
 
 DEFAULT_FREE = ("teff", "logg", "m_h", "logebv")
+# Values at or below these count as missing when a prior is fitted (the data's logebv floor means "unknown").
+MISSING_AT_OR_BELOW = {"logebv": -7.0}
+EDGE_FRACTION = 0.005  # an optimum within this fraction of the training span of a bound is "at the edge"
+PRIOR_FORMAT = "stellarfm_jax.inversion_prior"
 
 
+# ============================================================================== the prior
+@dataclass(frozen=True, eq=False)
+class InversionPrior:
+    """A Gaussian mixture over some tokens (physical units), fitted on training values.
+
+    names [P]; weights [K]; means [K, P]; covariances [K, P, P]; low / high [P] the training min / max (the
+    support used for the edge flag when the model has no ``token_range``); info: how it was fitted."""
+
+    names: tuple[str, ...]
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, train_values, vocab, names: Sequence[str] = DEFAULT_FREE, n_components: int = 8, seed: int = 0,
+            iterations: int = 200, max_stars: int = 30000, reg: float = 1e-3,
+            missing_at_or_below: dict | None = None) -> "InversionPrior":
+        """Fit a ``n_components`` Gaussian mixture (EM in NumPy, in the vocabulary's standardised units, ``reg``
+        added to every covariance's diagonal) to the stars of ``train_values`` ([N, V] in vocabulary order, or
+        [N, P] in ``names`` order) that have every one of ``names`` (values at or below
+        ``missing_at_or_below[name]``, default ``MISSING_AT_OR_BELOW``, count as missing); at most ``max_stars``
+        of them (a seeded subset)."""
+        names = tuple(n for n in names if n in vocab.names)
+        if not names:
+            raise ValueError("none of the prior's names is in the vocabulary")
+        x = np.asarray(train_values, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"train_values must be [N, V] or [N, P], got shape {x.shape}")
+        if x.shape[1] == vocab.size:
+            x = x[:, vocab.ids(list(names)) - 1]
+        elif x.shape[1] != len(names):
+            raise ValueError(f"train_values must have {vocab.size} (vocabulary) or {len(names)} columns, got {x.shape[1]}")
+        floors = MISSING_AT_OR_BELOW if missing_at_or_below is None else missing_at_or_below
+        ok = np.isfinite(x).all(axis=1)
+        for j, n in enumerate(names):
+            if n in floors:
+                ok &= x[:, j] > floors[n]
+        x = x[ok]
+        if len(x) < 2 * n_components:
+            raise ValueError(f"{len(x)} complete training stars are too few for a {n_components}-component prior")
+        rng = np.random.default_rng(seed)
+        if len(x) > max_stars:
+            x = x[rng.choice(len(x), max_stars, replace=False)]
+        ids = vocab.ids(list(names))
+        centre, scale = vocab.centre_by_id[ids], vocab.scale_by_id[ids]
+        z = (x - centre) / scale
+        w, mu, cov, loglik = _em(z, n_components, rng, iterations, reg)
+        return cls(names=names, weights=w, means=mu * scale + centre,
+                   covariances=cov * scale[None, :, None] * scale[None, None, :], low=x.min(axis=0),
+                   high=x.max(axis=0), info={"n_stars": int(len(x)), "n_components": int(n_components),
+                                             "seed": int(seed), "mean_log_likelihood_z": float(loglik),
+                                             "missing_at_or_below": dict(floors)})
+
+    def to_dict(self) -> dict:
+        return {"format": PRIOR_FORMAT, "version": 1, "names": list(self.names), "weights": self.weights.tolist(),
+                "means": self.means.tolist(), "covariances": self.covariances.tolist(), "low": self.low.tolist(),
+                "high": self.high.tolist(), "info": self.info}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "InversionPrior":
+        from .cli import BadFileError
+
+        if doc.get("format") != PRIOR_FORMAT:
+            raise BadFileError(f"not an inversion prior (format {doc.get('format')!r}, expected {PRIOR_FORMAT!r})")
+        arr = {k: np.asarray(doc[k], np.float64) for k in ("weights", "means", "covariances", "low", "high")}
+        p, k = len(doc["names"]), len(arr["weights"])
+        if arr["means"].shape != (k, p) or arr["covariances"].shape != (k, p, p) or arr["low"].shape != (p,):
+            raise BadFileError(f"inversion prior arrays do not match its {p} names and {k} components")
+        return cls(names=tuple(doc["names"]), info=dict(doc.get("info", {})), **arr)
+
+    def save(self, path) -> pathlib.Path:
+        from .formats import atomic_file
+
+        path = pathlib.Path(path)
+        with atomic_file(path) as tmp:
+            pathlib.Path(tmp).write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "InversionPrior":
+        from .cli import BadFileError, MissingFileError
+
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"inversion prior file not found: {path}")
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise BadFileError(f"{path}: not a JSON inversion prior ({err})") from None
+        return cls.from_dict(doc)
+
+    def log_prob(self, x) -> np.ndarray:
+        """ln p(x) for x [N, P] physical (NumPy, float64)."""
+        x = np.atleast_2d(np.asarray(x, np.float64))
+        out = []
+        for w, m, c in zip(self.weights, self.means, self.covariances):
+            d = x - m
+            sol = np.linalg.solve(c, d.T).T
+            out.append(np.log(w) - 0.5 * np.sum(d * sol, 1) - 0.5 * np.linalg.slogdet(2 * np.pi * c)[1])
+        return np.logaddexp.reduce(np.stack(out, 1), axis=1)
+
+
+def _em(z, k, rng, iterations, reg):
+    """EM for a k-component full-covariance Gaussian mixture on z [N, P]; k-means++-style seeded init."""
+    n, p = z.shape
+    centres = [z[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = np.min(((z[:, None, :] - np.array(centres)[None]) ** 2).sum(-1), axis=1)
+        centres.append(z[rng.choice(n, p=d2 / d2.sum())])
+    mu = np.array(centres)
+    cov = np.repeat((np.cov(z.T) + reg * np.eye(p))[None], k, axis=0)
+    w = np.full(k, 1.0 / k)
+    previous = -np.inf
+    for _ in range(iterations):
+        logp = np.stack([np.log(w[j]) - 0.5 * np.sum((z - mu[j]) * np.linalg.solve(cov[j], (z - mu[j]).T).T, 1)
+                         - 0.5 * np.linalg.slogdet(2 * np.pi * cov[j])[1] for j in range(k)], 1)
+        total = np.logaddexp.reduce(logp, axis=1)
+        r = np.exp(logp - total[:, None])
+        nk = r.sum(0) + 1e-12
+        w = nk / n
+        mu = (r.T @ z) / nk[:, None]
+        cov = np.stack([((r[:, j:j + 1] * (z - mu[j])).T @ (z - mu[j])) / nk[j] + reg * np.eye(p) for j in range(k)])
+        loglik = float(total.mean())
+        if loglik - previous < 1e-6:
+            break
+        previous = loglik
+    return w, mu, cov, loglik
+
+
+def flat_prior_arrays(n_free: int) -> dict:
+    """The prior arrays of a flat prior (ln p = 0)."""
+    return dict(log_w=np.zeros(1, np.float32), means=np.zeros((1, n_free), np.float32),
+                precision=np.zeros((1, n_free, n_free), np.float32), log_norm=np.zeros(1, np.float32))
+
+
+def gaussian_prior_arrays(n_free: int, sigma: float) -> dict:
+    """N(0, sigma^2 I) in standardised units, without its constant: ln p = -0.5 |theta|^2 / sigma^2."""
+    arrays = flat_prior_arrays(n_free)
+    arrays["precision"] = (np.eye(n_free, dtype=np.float32) / sigma**2)[None]
+    return arrays
+
+
+def mixture_prior_arrays(prior: InversionPrior, vocab, free: Sequence[str]) -> dict:
+    """The mixture's marginal over the free tokens it covers, in the vocabulary's standardised units (a free token
+    it does not cover is flat): log_w [K], means [K, F], precision [K, F, F], log_norm [K]."""
+    free = list(free)
+    covered = [j for j, n in enumerate(free) if n in prior.names]
+    if not covered:
+        return flat_prior_arrays(len(free))
+    src = [prior.names.index(free[j]) for j in covered]
+    ids = vocab.ids([free[j] for j in covered])
+    centre, scale = vocab.centre_by_id[ids], vocab.scale_by_id[ids]
+    k, f = len(prior.weights), len(free)
+    means, precision, log_norm = np.zeros((k, f)), np.zeros((k, f, f)), np.zeros(k)
+    for c in range(k):
+        cov = prior.covariances[c][np.ix_(src, src)] / (scale[:, None] * scale[None, :])
+        means[c, covered] = (prior.means[c, src] - centre) / scale
+        precision[c][np.ix_(covered, covered)] = np.linalg.inv(cov)
+        log_norm[c] = -0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
+    return dict(log_w=np.log(prior.weights).astype(np.float32), means=means.astype(np.float32),
+                precision=precision.astype(np.float32), log_norm=log_norm.astype(np.float32))
+
+
+def neg_log_prior(theta, prior):
+    """-ln p(theta) of one star: theta [F]; prior arrays (see :func:`mixture_prior_arrays`) -> scalar."""
+    d = theta[None, :] - prior["means"]  # [K, F]
+    quad = jnp.einsum("kf,kfg,kg->k", d, prior["precision"], d)
+    return -jax.scipy.special.logsumexp(prior["log_w"] + prior["log_norm"] - 0.5 * quad)
+
+
+# ============================================================================== the functional core
 @dataclass(frozen=True)
 class InversionSettings:
     """Static optimiser settings (hashable: part of the jit key)."""
 
-    steps: int = 300
+    steps: int = 100  # Adam iterations at most (per kept start)
     learning_rate: float = 0.05
-    n_starts: int = 4
-    prior_sigma: float | None = None  # Gaussian prior width on theta (standardised units); None = flat
+    n_starts: int = 3  # candidates kept for Adam
+    patience: int = 10  # Adam stops a start whose objective has not improved by 1e-4 for this many steps
+    newton_steps: int = 15
+    newton_xtol: float = 1e-4  # standardised units
+
+    def __post_init__(self):
+        for name in ("steps", "n_starts", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.newton_steps < 0 or not self.learning_rate > 0:
+            raise ValueError(f"newton_steps must be >= 0 and learning_rate > 0, got {self.newton_steps}, {self.learning_rate}")
 
 
-def _nll(params, theta, problem, spec: ModelSpec, prior_sigma):
-    """NLL of one star. theta [F]; problem: dict of one star's arrays (see ``_star_problem``)."""
+def _nll(params, theta, problem, spec: ModelSpec):
+    """Likelihood part of one star's objective. theta [F]; problem: one star's arrays (see :func:`invert_batch`)."""
     values = jnp.concatenate([theta, problem["fixed_z"]])[None, :]  # [1, F + K]
     tokens = jnp.concatenate([problem["free_ids"], problem["fixed_ids"]])[None, :]
     mean, logvar = forward.apply(params, values, tokens, problem["obs_ids"][None, :], spec=spec)
     var = jnp.exp(logvar[0]) + problem["obs_var"]  # [S]
     resid = problem["obs_z"] - mean[0]
     terms = jnp.where(problem["obs_mask"], resid**2 / var + jnp.log(var), 0.0)
-    nll = 0.5 * jnp.sum(terms)
-    if prior_sigma is not None:
-        nll = nll + 0.5 * jnp.sum(theta**2) / prior_sigma**2
-    return nll
+    return 0.5 * jnp.sum(terms)
 
 
-def _fit_one_start(params, theta0, problem, spec, settings: InversionSettings):
-    """Adam from theta0 [F] -> (theta [F], nll, all gradients finite)."""
-    objective = functools.partial(_nll, params, problem=problem, spec=spec, prior_sigma=settings.prior_sigma)
-    # Cosine decay to 1% of the step size: large steps to find the basin, small ones to settle in it.
+def _objective(params, theta, problem, prior, spec):
+    return _nll(params, theta, problem, spec) + neg_log_prior(theta, prior)
+
+
+def _finite_or_inf(x):
+    return jnp.where(jnp.isfinite(x), x, jnp.inf)
+
+
+def _adam(objective, theta0, settings: InversionSettings):
+    """Adam from theta0 [F] with early stopping -> (theta, objective, steps taken, all gradients finite)."""
     optimizer = optax.adam(optax.cosine_decay_schedule(settings.learning_rate, settings.steps, alpha=0.01))
+    value_and_grad = jax.value_and_grad(objective)
 
-    def step(carry, _):
-        theta, opt_state, finite = carry
+    def cond(state):
+        return (state["i"] < settings.steps) & (state["stall"] < settings.patience)
+
+    def body(state):
+        value, grad = value_and_grad(state["theta"])
+        finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+        grad = jnp.where(finite, grad, 0.0)
+        updates, opt_state = optimizer.update(grad, state["opt"], state["theta"])
+        improved = value < state["best_value"] - 1e-4
+        better = value < state["best_value"]
+        return dict(theta=optax.apply_updates(state["theta"], updates), opt=opt_state, i=state["i"] + 1,
+                    stall=jnp.where(improved, 0, state["stall"] + 1),
+                    best_value=jnp.where(better, value, state["best_value"]),
+                    best_theta=jnp.where(better, state["theta"], state["best_theta"]),
+                    finite=state["finite"] & finite)
+
+    init = dict(theta=theta0, opt=optimizer.init(theta0), i=jnp.array(0), stall=jnp.array(0),
+                best_value=jnp.array(jnp.inf, theta0.dtype), best_theta=theta0, finite=jnp.array(True))
+    state = jax.lax.while_loop(cond, body, init)
+    last = _finite_or_inf(objective(state["theta"]))
+    use_last = last <= state["best_value"]
+    theta = jnp.where(use_last, state["theta"], state["best_theta"])
+    return theta, jnp.minimum(last, state["best_value"]), state["i"], state["finite"]
+
+
+def _newton(objective, theta0, settings: InversionSettings):
+    """Levenberg-Marquardt from theta0 [F] -> (theta, objective, converged, iterations)."""
+    f = theta0.shape[0]
+    eye = jnp.eye(f, dtype=theta0.dtype)
+
+    def cond(state):
+        return (state["i"] < settings.newton_steps) & ~state["converged"] & (state["lam"] < 1e6)
+
+    def body(state):
+        theta = state["theta"]
         grad = jax.grad(objective)(theta)
-        finite = finite & jnp.all(jnp.isfinite(grad))
-        updates, opt_state = optimizer.update(grad, opt_state, theta)
-        return (optax.apply_updates(theta, updates), opt_state, finite), None
+        hess = jax.hessian(objective)(theta)
+        hess = 0.5 * (hess + hess.T)
+        ok = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
+        hess = jnp.where(ok, hess, eye)
+        grad = jnp.where(ok, grad, 0.0)
+        eig = jnp.linalg.eigvalsh(hess)
+        top = jnp.maximum(jnp.max(jnp.abs(eig)), 1e-6)
+        shift = jnp.maximum(0.0, -eig[0]) + state["lam"] * top
+        step = -jnp.linalg.solve(hess + shift * eye, grad)
+        step = step * jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.max(jnp.abs(step)), 1e-12))  # at most 1 sigma a step
+        new_value = _finite_or_inf(objective(theta + step))
+        accept = ok & (new_value <= state["value"])
+        small = jnp.max(jnp.abs(step)) < settings.newton_xtol
+        # Converged: a (nearly undamped) Newton step at a positive definite Hessian is tiny.
+        converged = ok & small & (eig[0] > 0) & (state["lam"] <= 1e-2)
+        return dict(theta=jnp.where(accept, theta + step, theta), value=jnp.where(accept, new_value, state["value"]),
+                    lam=jnp.where(accept, jnp.maximum(state["lam"] * 0.3, 1e-9), state["lam"] * 10.0),
+                    i=state["i"] + 1, converged=converged)
 
-    (theta, _, finite), _ = jax.lax.scan(step, (theta0, optimizer.init(theta0), jnp.array(True)), None,
-                                         length=settings.steps)
-    return theta, objective(theta), finite
+    value0 = _finite_or_inf(objective(theta0))
+    init = dict(theta=theta0, value=value0, lam=jnp.array(1e-3, theta0.dtype), i=jnp.array(0),
+                converged=jnp.array(False))
+    state = jax.lax.while_loop(cond, body, init)
+    return state["theta"], state["value"], state["converged"] | (settings.newton_steps == 0), state["i"]
 
 
-def _invert_one_star(params, starts, problem, spec, settings):
-    """starts [S0, F] -> best theta [F], its NLL, covariance [F, F], per-start NLL [S0], flags."""
-    thetas, nlls, finite = jax.vmap(_fit_one_start, in_axes=(None, 0, None, None, None))(
-        params, starts, problem, spec, settings)
-    nlls = jnp.where(jnp.isfinite(nlls), nlls, jnp.inf)
-    best = jnp.argmin(nlls)
-    theta = thetas[best]
-    objective = functools.partial(_nll, params, problem=problem, spec=spec, prior_sigma=settings.prior_sigma)
-    hessian = jax.hessian(objective)(theta)
-    hessian = 0.5 * (hessian + hessian.T)
-    eigenvalues = jnp.linalg.eigvalsh(hessian)
-    positive = jnp.all(eigenvalues > 0)
-    covariance = jnp.where(positive, jnp.linalg.inv(jnp.where(positive, hessian, jnp.eye(theta.shape[0]))), jnp.nan)
-    final_grad = jax.grad(objective)(theta)
-    return theta, nlls[best], covariance, nlls, jnp.all(finite) & jnp.all(jnp.isfinite(final_grad)), positive
+def laplace_covariance(hess):
+    """[F, F] Hessian -> (covariance, ridge added (0 when positive definite), finite).
+
+    Not positive definite: a ridge ``max(0, -lambda_min) + 1e-4 * max(1, |lambda|_max)`` makes it so; not
+    finite: the identity (the training spread in standardised units). Never NaN."""
+    f = hess.shape[0]
+    finite = jnp.all(jnp.isfinite(hess))
+    h = jnp.where(finite, 0.5 * (hess + hess.T), jnp.eye(f, dtype=hess.dtype))
+    eig, vec = jnp.linalg.eigh(h)
+    top = jnp.max(jnp.abs(eig))
+    positive = eig[0] > 1e-7 * jnp.maximum(top, 1e-30)
+    ridge = jnp.where(positive, 0.0, jnp.maximum(0.0, -eig[0]) + 1e-4 * jnp.maximum(1.0, top))
+    cov = (vec / (eig + ridge)[None, :]) @ vec.T
+    cov = 0.5 * (cov + cov.T)
+    return cov, jnp.where(finite, ridge, 0.0), finite
+
+
+def _invert_one_star(params, prior, problem, candidates, spec, settings: InversionSettings):
+    """One star: candidates [C, F] -> dict of its fit (see :func:`invert_batch`)."""
+    objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
+    screened = _finite_or_inf(jax.vmap(objective)(candidates))  # [C]
+    keep = jnp.argsort(screened)[: settings.n_starts]
+    thetas, values, steps, finite = jax.vmap(lambda t: _adam(objective, t, settings))(candidates[keep])
+    best = jnp.argmin(values)
+    theta, value, converged, newton_iters = _newton(objective, thetas[best], settings)
+    theta = jnp.where(jnp.all(jnp.isfinite(theta)), theta, candidates[keep[0]])
+    grad = jax.grad(objective)(theta)
+    cov, ridge, hess_finite = laplace_covariance(jax.hessian(objective)(theta))
+    return dict(theta=theta, objective=_finite_or_inf(objective(theta)), nll=_nll(params, theta, problem, spec),
+                covariance=cov, ridge=ridge, hessian_finite=hess_finite, start_objective=values,
+                grad_finite=jnp.all(finite) & jnp.all(jnp.isfinite(grad)), converged=converged,
+                steps=jnp.max(steps) + newton_iters, candidate=keep[best])
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "settings"))
-def invert_batch(params, starts, problems, *, spec: ModelSpec, settings: InversionSettings):
+def invert_batch(params, prior, problems, candidates, *, spec: ModelSpec, settings: InversionSettings):
     """Invert B stars at once (vmap of the one-star inversion).
 
-    starts [S0, F] standardised starting points shared by all stars; problems: dict of arrays with a
-    leading star axis B: free_ids [B, F], fixed_z [B, K], fixed_ids [B, K], obs_z [B, S], obs_var [B, S],
-    obs_mask [B, S] bool, obs_ids [B, S]. Returns (theta [B, F], nll [B], covariance [B, F, F],
-    start_nll [B, S0], grad_finite [B], laplace_ok [B]), standardised units.
+    prior: arrays of the prior (:func:`mixture_prior_arrays`, :func:`flat_prior_arrays`); problems: dict of arrays
+    with a leading star axis B: free_ids [B, F], fixed_z [B, K], fixed_ids [B, K], obs_z [B, S], obs_var [B, S],
+    obs_mask [B, S] bool, obs_ids [B, S]; candidates [B, C, F] starting candidates (standardised). Returns a dict:
+    theta [B, F], objective [B], nll [B], covariance [B, F, F], ridge [B], hessian_finite [B], start_objective
+    [B, n_starts], grad_finite [B], converged [B], steps [B], candidate [B] (index of the winning candidate).
     """
-    return jax.vmap(_invert_one_star, in_axes=(None, None, 0, None, None))(params, starts, problems, spec, settings)
+    chex.assert_rank(candidates, 3)
+    return jax.vmap(_invert_one_star, in_axes=(None, None, 0, 0, None, None))(
+        params, prior, problems, candidates, spec, settings)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
+def importance_batch(params, prior, problems, theta, covariance, eps, *, spec: ModelSpec):
+    """Laplace importance sampling: draws theta + L eps (L L^T = covariance; eps [S, F] shared) -> (samples
+    [B, S, F], normalised log weights [B, S]) of the target exp(-objective) against the Laplace proposal."""
+
+    def one(problem, mean, cov):
+        chol = jnp.linalg.cholesky(cov + 1e-9 * jnp.eye(cov.shape[0]))
+        samples = mean[None, :] + eps @ chol.T
+        target = -jax.vmap(lambda t: _objective(params, t, problem, prior, spec))(samples)
+        proposal = -0.5 * jnp.sum(eps**2, axis=1)
+        logw = target - proposal  # the proposal's normalisation is the same for every sample
+        logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
+        return samples, logw - jax.scipy.special.logsumexp(logw)
+
+    return jax.vmap(one)(problems, theta, covariance)
+
+
+# ============================================================================== the object shell
 @dataclass(frozen=True)
 class InversionResult:
     """Fitted free tokens of N stars in physical units.
 
-    ``res["teff"]``, ``res["teff_error"]`` (Laplace 1-sigma); ``covariance`` [N, F, F] (physical units);
-    ``nll`` [N] (best start), ``start_nll`` [N, n_starts]; flags ``grad_finite`` [N] (every gradient of every
-    start finite) and ``laplace_ok`` [N] (Hessian positive definite at the optimum; errors are NaN
-    otherwise); ``seconds`` wall time of the whole inversion.
+    ``res["teff"]``, ``res["teff_error"]`` (Laplace 1-sigma, prior included); ``covariance`` [N, F, F]
+    (physical); ``z`` [N, F] standardised; ``nll`` [N] the likelihood part at the optimum, ``objective`` [N]
+    with the prior; ``start_nll`` [N, n_starts] the kept starts' objective after Adam; flags [N]:
+    ``grad_finite``, ``laplace_ok`` (Hessian positive definite, no ridge), ``hessian_regularised``,
+    ``converged``, ``at_edge``, ``flagged`` (any problem) and ``reason`` (why, '' when none); ``steps`` [N]
+    optimiser iterations; ``prior`` what prior was used; ``seconds`` wall time. With ``posterior_samples``:
+    ``samples`` [N, S, F] (physical), ``log_weights`` [N, S] (normalised importance weights against the Laplace
+    proposal) and ``ess`` [N] (effective sample size / S: near 1 when the Laplace Gaussian is adequate).
     """
 
     names: tuple[str, ...]
@@ -123,10 +429,24 @@ class InversionResult:
     covariance: np.ndarray
     z: np.ndarray
     nll: np.ndarray
+    objective: np.ndarray
     start_nll: np.ndarray
     grad_finite: np.ndarray
     laplace_ok: np.ndarray
+    hessian_regularised: np.ndarray
+    converged: np.ndarray
+    at_edge: np.ndarray
+    reason: np.ndarray
+    steps: np.ndarray
+    prior: str
     seconds: float
+    samples: np.ndarray | None = None
+    log_weights: np.ndarray | None = None
+    ess: np.ndarray | None = None
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return np.array([bool(r) for r in self.reason], dtype=bool)
 
     def __getitem__(self, key: str) -> np.ndarray:
         for j, name in enumerate(self.names):
@@ -140,9 +460,17 @@ class InversionResult:
         return self.values.shape[0]
 
     def to_dict(self) -> dict[str, np.ndarray]:
+        """Columns: each value and ``_error``, ``corr_<a>_<b>`` (correlation of every pair), the objective, the
+        flags and ``reason``."""
         out = {n: self.values[:, j] for j, n in enumerate(self.names)}
         out.update({f"{n}_error": self.errors[:, j] for j, n in enumerate(self.names)})
-        out.update(nll=self.nll, grad_finite=self.grad_finite, laplace_ok=self.laplace_ok)
+        for a in range(len(self.names)):
+            for b in range(a + 1, len(self.names)):
+                out[f"corr_{self.names[a]}_{self.names[b]}"] = (
+                    self.covariance[:, a, b] / (self.errors[:, a] * self.errors[:, b]))
+        out.update(nll=self.nll, objective=self.objective, converged=self.converged, at_edge=self.at_edge,
+                   hessian_regularised=self.hessian_regularised, grad_finite=self.grad_finite,
+                   laplace_ok=self.laplace_ok, flagged=self.flagged, reason=self.reason)
         return out
 
     def to_pandas(self):
@@ -163,11 +491,92 @@ def default_free_names(vocab) -> list[str]:
     return free
 
 
+_AUTO_PRIORS: dict = {}
+
+
+def auto_prior(model) -> InversionPrior | None:
+    """The prior ``prior="auto"`` uses: the model's own (``metadata["inversion_prior"]``) if it has one; else one
+    fitted (:meth:`InversionPrior.fit`, cached per process) on the train split of the embedded real data set of the
+    model's schema when that data set has exactly the model's tokens (needs the 'data' extra); else None (flat)."""
+    stored = model.metadata.get("inversion_prior")
+    if stored:
+        return InversionPrior.from_dict(stored)
+    key = (model.vocab.schema, tuple(model.vocab.names))
+    if key in _AUTO_PRIORS:
+        return _AUTO_PRIORS[key]
+    prior = None
+    try:
+        from . import data as data_lib
+        from .schemas import get_schema
+
+        get_schema(model.vocab.schema)
+        dataset = data_lib.read_dataset(data_lib.default_dataset_path(schema=model.vocab.schema))
+        if list(dataset.vocab.names) == list(model.vocab.names):
+            prior = InversionPrior.fit(dataset.train.values, model.vocab, default_free_names(model.vocab))
+            prior.info["source"] = f"train split of {dataset.provenance.get('file', 'the embedded data set')}"
+    except Exception as err:  # noqa: BLE001 - no data set for this model: a flat prior, said once
+        warnings.warn(f"prior='auto': no training data set for schema {model.vocab.schema!r} ({type(err).__name__}: "
+                      f"{err}); the inversion uses a flat prior", stacklevel=3)
+    _AUTO_PRIORS[key] = prior
+    return prior
+
+
+def resolve_prior(model, free: Sequence[str], prior="auto", prior_sigma: float | None = None):
+    """(prior arrays, InversionPrior or None, description) for ``prior``: "auto" (:func:`auto_prior`), None
+    (flat), an :class:`InversionPrior` or a path to its JSON; ``prior_sigma`` (a Gaussian N(0, sigma^2) in
+    standardised units) replaces it when given."""
+    if prior_sigma is not None:
+        if not prior_sigma > 0:
+            raise ValueError(f"prior_sigma must be > 0, got {prior_sigma}")
+        return gaussian_prior_arrays(len(free), float(prior_sigma)), None, f"gaussian(sigma={prior_sigma})"
+    if isinstance(prior, str) and prior == "auto":
+        prior = auto_prior(model)
+    elif isinstance(prior, (str, pathlib.Path)):
+        prior = InversionPrior.load(prior)
+    if prior is None:
+        return flat_prior_arrays(len(free)), None, "flat"
+    if not isinstance(prior, InversionPrior):
+        raise ValueError(f"prior must be 'auto', None, an InversionPrior or a path to its JSON, got {type(prior).__name__}")
+    covered = [n for n in free if n in prior.names]
+    return (mixture_prior_arrays(prior, model.vocab, free), prior,
+            f"mixture({len(prior.weights)} components over {','.join(covered)})")
+
+
+def _support(model, free_ids, prior: InversionPrior | None, names):
+    """Training range [F] low, high (physical) for the edge flag: the model's token_range, else the prior's."""
+    if model.token_range is not None:
+        return model.token_range[0][free_ids - 1], model.token_range[1][free_ids - 1]
+    lo, hi = np.full(len(names), -np.inf), np.full(len(names), np.inf)
+    if prior is not None:
+        for j, n in enumerate(names):
+            if n in prior.names:
+                lo[j], hi[j] = prior.low[prior.names.index(n)], prior.high[prior.names.index(n)]
+    return lo, hi
+
+
+def _grid(free: list[str], prior_arrays: dict, prior: InversionPrior | None) -> np.ndarray:
+    """Coarse grid over the training distribution [G, F] (standardised): the training median, plus the mixture
+    means (with a mixture prior) or a teff x logg grid at -1, 0, 1 robust sigma."""
+    f = len(free)
+    points = [np.zeros(f)]
+    if prior is not None and len(prior.weights) > 1:
+        points += list(np.asarray(prior_arrays["means"], np.float64))
+    else:
+        axes = [j for j, n in enumerate(free) if n in ("teff", "logg")]
+        for combo in np.array(np.meshgrid(*[[-1.0, 0.0, 1.0]] * len(axes))).reshape(len(axes), -1).T if axes else []:
+            p = np.zeros(f)
+            p[axes] = combo
+            if np.any(p):
+                points.append(p)
+    return np.array(points, np.float32)
+
+
 def invert(model, observed, observed_names: Sequence[str], observed_errors=None, *, free: Sequence[str] | None = None,
-           fixed=None, fixed_names: Sequence[str] = (), steps: int = 300, learning_rate: float = 0.05,
-           n_starts: int = 4, prior_sigma: float | None = None, seed: int = 0,
-           chunk_size: int = DEFAULT_CHUNK_SIZE // 4, progress: bool = False) -> InversionResult:
-    """Fit ``free`` input tokens of N stars to observed tokens (typically a spectrum).
+           fixed=None, fixed_names: Sequence[str] = (), prior="auto", prior_sigma: float | None = None,
+           steps: int = 100, learning_rate: float = 0.05, n_starts: int = 3, n_draws: int = 4, newton_steps: int = 15,
+           patience: int = 10, posterior_samples: int = 0, seed: int = 0, chunk_size: int | None = None,
+           progress: bool = False) -> InversionResult:
+    """Fit ``free`` input tokens of N stars to observed tokens (typically a spectrum); see the module docstring.
 
     Args:
       model: a :class:`stellarfm_jax.inference.StellarModel`.
@@ -176,10 +585,15 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
       observed_errors: [N, S] or [S] 1-sigma errors (physical units; NaN or None = 0, only the model variance).
       free: free token names; default ``DEFAULT_FREE`` restricted to the vocabulary's tokens.
       fixed, fixed_names: optional known inputs [N, K] (NaN = not given) held fixed during the fit.
-      steps, learning_rate: Adam iterations and step size (standardised units).
-      n_starts: starting points per star: the training median, then ``n_starts - 1`` draws of N(0, 1)
-        (standardised; the same for every star, from ``seed``).
-      prior_sigma: optional Gaussian prior width on the free inputs (standardised units).
+      prior: "auto" (default: the model's stored prior, else one fitted on the train split of the embedded data
+        set of the model's schema, else flat; :func:`auto_prior`), None (flat), an :class:`InversionPrior` or the
+        path of its JSON. ``prior_sigma``: a Gaussian N(0, sigma^2) (standardised) instead.
+      steps, learning_rate, patience: Adam iterations at most, its step size and early-stopping patience.
+      n_starts: candidates kept (of the forward prediction, ``n_draws`` draws around it, the grid and the median).
+      newton_steps: damped Newton iterations at most after Adam.
+      posterior_samples: Laplace importance samples per star (0 = none).
+      seed: the draws around the forward prediction and the posterior samples (the same for every star).
+      chunk_size: stars per device call (default 32 on a CPU, 1024 elsewhere).
     """
     vocab = model.vocab
     free = default_free_names(vocab) if free is None else free
@@ -187,13 +601,15 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     free_ids = token_ids(vocab, free)
     obs_ids = token_ids(vocab, observed_names)
     fixed_ids = token_ids(vocab, fixed_names) if fixed_names else np.zeros(0, np.int32)
+    free = list(vocab.names_of(free_ids))
     overlap = set(free_ids.tolist()) & (set(obs_ids.tolist()) | set(fixed_ids.tolist()))
     if overlap:
         raise ValueError(f"free tokens {vocab.names_of(sorted(overlap))} are also observed or fixed; a token is one of the three")
     if len(free) + len(fixed_ids) > model.context_length:
         raise ValueError(f"{len(free)} free + {len(fixed_ids)} fixed inputs exceed the context length {model.context_length}")
-    if n_starts < 1 or steps < 1:
-        raise ValueError(f"n_starts and steps must be >= 1, got {n_starts}, {steps}")
+    if n_starts < 1 or steps < 1 or n_draws < 0 or posterior_samples < 0:
+        raise ValueError(f"n_starts and steps must be >= 1, n_draws and posterior_samples >= 0; got {n_starts}, "
+                         f"{steps}, {n_draws}, {posterior_samples}")
 
     obs = as_float_array(observed, "observed")
     obs = obs[None, :] if obs.ndim == 1 else obs
@@ -221,7 +637,38 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         fx = np.broadcast_to(fx[None, :] if fx.ndim == 1 else fx, (n, len(fixed_ids)))
         fixed_z, fixed_tok, _ = vocab.standardize(fx, fixed_ids)
     else:
+        fx = np.zeros((n, 0))
         fixed_z, fixed_tok = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int32)
+
+    prior_arrays, prior_obj, prior_text = resolve_prior(model, free, prior, prior_sigma)
+    settings = InversionSettings(int(steps), float(learning_rate), int(n_starts), int(patience), int(newton_steps))
+    chunk = default_chunk_size() if chunk_size is None else int(chunk_size)
+    t0 = time.perf_counter()
+
+    # Candidates: the forward prediction from the observed (+ fixed) tokens, draws around it, the grid, the median.
+    context = prepare_inputs(vocab, np.concatenate([obs, fx], 1), np.concatenate([obs_ids, fixed_ids]).astype(np.int32),
+                             np.concatenate([err, np.zeros_like(fx)], 1), context_length=model.context_length,
+                             overflow="keep_informative")
+
+    def forward_chunk(values, tokens):
+        mean, logvar, _ = forward.predict(model.params, values, tokens, jnp.asarray(free_ids), spec=model.spec)
+        return mean, logvar
+
+    f_mean, f_logvar = map_chunks(forward_chunk, [context.values, context.tokens], chunk)
+    f_sigma = np.exp(0.5 * np.asarray(f_logvar, np.float64))
+    f_mean = np.asarray(f_mean, np.float64)
+    f_scale, f_centre = vocab.scale_by_id[free_ids], vocab.centre_by_id[free_ids]
+    low, high = _support(model, free_ids, prior_obj, free)
+    z_low, z_high = (low - f_centre) / f_scale, (high - f_centre) / f_scale
+    eps = np.random.default_rng(seed).standard_normal((n_draws, len(free)))
+    draws = f_mean[:, None, :] + eps[None] * f_sigma[:, None, :]
+    grid = _grid(free, prior_arrays, prior_obj)
+    grid = np.broadcast_to(grid[None], (n,) + grid.shape)
+    candidates = np.concatenate([f_mean[:, None, :], draws, grid], axis=1)
+    candidates = np.where(np.isfinite(candidates), candidates, 0.0)
+    candidates = np.clip(candidates, np.nan_to_num(z_low, neginf=-1e3), np.nan_to_num(z_high, posinf=1e3))
+    settings = InversionSettings(settings.steps, settings.learning_rate, min(settings.n_starts, candidates.shape[1]),
+                                 settings.patience, settings.newton_steps)
 
     problems = dict(
         free_ids=np.broadcast_to(free_ids, (n, len(free_ids))).astype(np.int32),
@@ -229,28 +676,61 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         obs_z=obs_z.astype(np.float32), obs_var=obs_var.astype(np.float32), obs_mask=obs_mask,
         obs_ids=np.broadcast_to(obs_ids, obs.shape).astype(np.int32),
     )
-    rng = np.random.default_rng(seed)
-    starts = np.concatenate([np.zeros((1, len(free))), rng.standard_normal((n_starts - 1, len(free)))]).astype(np.float32)
-    settings = InversionSettings(steps, float(learning_rate), n_starts, None if prior_sigma is None else float(prior_sigma))
     keys = list(problems)
+    prior_j = {k: jnp.asarray(v) for k, v in prior_arrays.items()}
 
-    def run(*arrays):
-        return invert_batch(model.params, jnp.asarray(starts), dict(zip(keys, arrays)), spec=model.spec, settings=settings)
+    def run(cands, *arrays):
+        return invert_batch(model.params, prior_j, dict(zip(keys, arrays)), cands.astype(np.float32),
+                            spec=model.spec, settings=settings)
 
-    t0 = time.perf_counter()
-    theta, nll, cov, start_nll, grad_finite, laplace_ok = map_chunks(
-        run, [problems[k] for k in keys], chunk_size, progress=progress, desc="inverting")
-    seconds = time.perf_counter() - t0
+    out = map_chunks(run, [candidates] + [problems[k] for k in keys], chunk, progress=progress, desc="inverting")
+    theta = np.asarray(out["theta"], np.float64)
     chex.assert_shape(theta, (n, len(free)))
-    f_scale, f_centre = vocab.scale_by_id[free_ids], vocab.centre_by_id[free_ids]
-    cov_phys = np.asarray(cov, np.float64) * f_scale[None, :, None] * f_scale[None, None, :]
+    cov_z = np.asarray(out["covariance"], np.float64)
+    cov_phys = cov_z * f_scale[None, :, None] * f_scale[None, None, :]
+    values = theta * f_scale + f_centre
+    errors = np.sqrt(np.diagonal(cov_phys, axis1=1, axis2=2))
+    margin = np.where(np.isfinite(high - low), EDGE_FRACTION * (high - low), 0.0)
+    edge = (values <= low + margin) | (values >= high - margin)
+    ridge, hess_finite = np.asarray(out["ridge"]), np.asarray(out["hessian_finite"], bool)
+    grad_finite, converged = np.asarray(out["grad_finite"], bool), np.asarray(out["converged"], bool)
+    reasons = []
+    for i in range(n):
+        r = []
+        if not converged[i]:
+            r.append(f"not converged in {settings.newton_steps} Newton steps")
+        if not hess_finite[i]:
+            r.append("Hessian not finite: errors are the training spread")
+        elif ridge[i] > 0:
+            r.append(f"Hessian not positive definite: ridge {ridge[i]:.3g} added")
+        if not grad_finite[i]:
+            r.append("a gradient was not finite")
+        if edge[i].any():
+            r.append("optimum at the edge of the training range (" + ",".join(np.array(free)[edge[i]]) + ")")
+        reasons.append("; ".join(r))
+
+    samples = log_weights = ess = None
+    if posterior_samples:
+        eps_s = jnp.asarray(np.random.default_rng(seed + 1).standard_normal((posterior_samples, len(free))), jnp.float32)
+
+        def sample_chunk(th, cv, *arrays):
+            return importance_batch(model.params, prior_j, dict(zip(keys, arrays)), th.astype(np.float32),
+                                    cv.astype(np.float32), eps_s, spec=model.spec)
+
+        s_z, log_weights = map_chunks(sample_chunk, [theta, cov_z] + [problems[k] for k in keys], chunk)
+        samples = np.asarray(s_z, np.float64) * f_scale + f_centre
+        log_weights = np.asarray(log_weights, np.float64)
+        ess = 1.0 / np.sum(np.exp(2 * log_weights), axis=1) / posterior_samples
+    seconds = time.perf_counter() - t0
     return InversionResult(
-        names=tuple(vocab.names_of(free_ids)),
-        values=np.asarray(theta, np.float64) * f_scale + f_centre,
-        errors=np.sqrt(np.diagonal(cov_phys, axis1=1, axis2=2)),
-        covariance=cov_phys, z=np.asarray(theta), nll=np.asarray(nll, np.float64), start_nll=np.asarray(start_nll),
-        grad_finite=np.asarray(grad_finite, bool), laplace_ok=np.asarray(laplace_ok, bool), seconds=seconds,
-    )
+        names=tuple(free), values=values, errors=errors, covariance=cov_phys, z=theta,
+        nll=np.asarray(out["nll"], np.float64), objective=np.asarray(out["objective"], np.float64),
+        start_nll=np.asarray(out["start_objective"], np.float64), grad_finite=grad_finite,
+        laplace_ok=hess_finite & (ridge == 0), hessian_regularised=~hess_finite | (ridge > 0), converged=converged,
+        at_edge=edge.any(axis=1), reason=np.array(reasons, dtype=object), steps=np.asarray(out["steps"]),
+        prior=prior_text, seconds=seconds, samples=samples, log_weights=log_weights, ess=ess)
 
 
-__all__ = ["DEFAULT_FREE", "InversionResult", "default_free_names", "InversionSettings", "invert", "invert_batch"]
+__all__ = ["DEFAULT_FREE", "InversionPrior", "InversionResult", "InversionSettings", "auto_prior", "default_free_names",
+           "flat_prior_arrays", "gaussian_prior_arrays", "importance_batch", "invert", "invert_batch",
+           "laplace_covariance", "mixture_prior_arrays", "neg_log_prior", "resolve_prior"]
