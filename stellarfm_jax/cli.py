@@ -128,9 +128,14 @@ def add_progress_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
-def add_set_arg(p: argparse.ArgumentParser) -> None:
+def add_set_arg(p: argparse.ArgumentParser, example: str = "train.epochs=3", keys: str | None = None) -> None:
+    """``--set KEY=VALUE`` (repeatable); ``keys`` (a sentence listing the keys) goes to the end of the help."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config field, e.g. --set train.epochs=3 (repeatable)")
+                   help=f"override one config field, e.g. --set {example} (repeatable)")
+    if keys:
+        import textwrap
+
+        p.epilog = "\n".join(filter(None, [p.epilog, textwrap.fill(keys, 100)]))
 
 
 def split_list(text: str | None) -> list[str] | None:

@@ -317,8 +317,10 @@ def _parse_value(raw: str, current, key: str):
     raise BadConfigError(f"--set {key}={raw!r}: cannot parse as {type(current).__name__}")
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
-    """Apply ``a.b=value`` overrides; unknown keys and malformed values raise BadConfigError naming the key."""
+def apply_overrides(config, overrides: list[str]):
+    """Apply ``a.b=value`` overrides to a (frozen, nested) config dataclass - a :class:`Config` or the config of
+    another command - and validate the result; unknown keys and malformed or out-of-range values raise
+    BadConfigError naming the key."""
     for item in overrides:
         if "=" not in item:
             raise BadConfigError(f"--set expects key=value, got {item!r}")
@@ -338,4 +340,12 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         for obj, part in zip(reversed(chain[:-1]), reversed(parts[:-1])):
             new = dataclasses.replace(obj, **{part: new})
         config = new
-    return config.validate()
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except BadConfigError:
+            raise
+        except ValueError as err:  # a dataclass of another module whose validate() raises plain ValueErrors
+            raise BadConfigError(str(err)) from None
+    return config

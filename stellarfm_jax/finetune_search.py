@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import cli
+from .config import apply_overrides
 from .search import (
     HeadConfig,
     SearchModel,
@@ -161,22 +162,35 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=defaults.epochs, metavar="N", help="training epochs of the heads")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N", help="stars per step")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
+    cli.add_set_arg(p, "train.temperature=0.1",
+                    f"--set keys: train.<key> for {', '.join(f.name for f in dataclasses.fields(SearchTrainConfig))}; "
+                    f"head.<key> for {', '.join(f.name for f in dataclasses.fields(HeadConfig))}.")
     cli.add_progress_arg(p)
     return p
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRun:
+    """What --set overrides: the heads' training and their architecture."""
+
+    train: SearchTrainConfig = SearchTrainConfig()
+    head: HeadConfig = HeadConfig()
+
+    def validate(self) -> "SearchRun":
+        self.train.validate()
+        return self
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        config = dataclasses.replace(SearchTrainConfig(), epochs=args.epochs, batch_size=args.batch_size,
-                                     seed=args.seed)
-        try:
-            config.validate()
-        except ValueError as err:  # the config is made of this command's options only
-            raise cli.BadInputError(str(err)) from None
+        train = dataclasses.replace(SearchTrainConfig(), epochs=args.epochs, batch_size=args.batch_size,
+                                    seed=args.seed)
+        settings = apply_overrides(SearchRun(train=train), args.overrides)
         command = "python -m stellarfm_jax.finetune_search " + " ".join(sys.argv[1:] if argv is None else argv)
-        report = run(args.model, args.out, args.data, config, progress=not args.no_progress, command=command)
+        report = run(args.model, args.out, args.data, settings.train, settings.head, progress=not args.no_progress,
+                     command=command)
         print(summary(report))
         out = pathlib.Path(args.out)
         print(f"saved: {out / 'search_model'}, {out / 'database_test.h5'}, {out / 'report.json'}")

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from . import cli
+from .config import apply_overrides
 from .adapters import AdapterConfig, AdaptedModel, fine_tune, labelled_subset, load_adapter
 from .evaluation.common import InputSet, calibration_stats, masked_inputs, predict_tokens, residual_stats
 from .metrics import MONITOR_LABELS as DEFAULT_LABELS, spectra_colour_inputs
@@ -128,6 +129,8 @@ def build_parser():
     p.add_argument("--split", default="test", choices=("val", "test"), help="split of the report")
     cli.add_model_arg(p, flag="--reference", required=False,
                       what="optional model trained with the new tokens from the start, to compare with")
+    cli.add_set_arg(p, "new_token_weight=4",
+                    f"--set keys (the adapter's config): {', '.join(f.name for f in dataclasses.fields(AdapterConfig))}.")
     return p
 
 
@@ -136,8 +139,8 @@ def main(argv=None) -> int:
 
     def work():
         tokens = cli.split_list(args.tokens)
-        config = AdapterConfig(rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs,
-                               learning_rate=args.learning_rate, seed=args.seed)
+        config = apply_overrides(AdapterConfig(rank=args.rank, alpha=2.0 * args.rank, epochs=args.epochs,
+                                               learning_rate=args.learning_rate, seed=args.seed), args.overrides)
         report = run(args.model, tokens, args.out, args.data, args.max_stars, config, args.split, args.reference)
         for t in tokens:
             a = report["adapted"][t]

@@ -256,3 +256,19 @@ def test_predict_accepts_a_shipped_model_name_as_a_command(tmp_path):
     expected = model.perceive(values[None, :], flux).request(["teff", "logg"])
     np.testing.assert_allclose(float(table[1][1]), expected["teff"][0], rtol=1e-6)
 
+
+
+def test_set_is_offered_where_a_config_exists(tmp_path, capsys):
+    from stellarfm_jax import finetune_search, finetune_tokens
+    from stellarfm_jax.config import apply_overrides
+
+    settings = apply_overrides(finetune_search.SearchRun(), ["train.temperature=0.1", "head.projection_dim=32"])
+    assert settings.train.temperature == 0.1 and settings.head.projection_dim == 32
+    base = ["--model", "small", "--out", str(tmp_path / "o")]
+    assert finetune_search.main(base + ["--set", "train.temprature=1"]) == 2  # refused before any work
+    assert "unknown config key 'train.temprature'" in capsys.readouterr().err
+    assert finetune_search.main(base + ["--set", "train.batch_size=1"]) == 2
+    assert "batch_size must be >= 2" in capsys.readouterr().err
+    assert finetune_tokens.main(base + ["--tokens", "alpha_m", "--set", "rank=0"]) == 2
+    assert "rank must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
