@@ -168,10 +168,11 @@ def _five_label_values(logebv):
 
 
 def _known_emulator(seed, n_flux=40, logvar=-30.0):
-    """An emulator with random (known) weights: 5 labels -> n_flux tokens, negligible predictive variance
-    (logvar -> the soft floor, sigma 3e-4 flux scales) unless ``logvar`` says otherwise."""
+    """An emulator with random (known) weights: 5 labels -> n_flux tokens, a constant predictive variance,
+    negligible (logvar -> the soft floor, sigma 3e-4 flux scales) unless ``logvar`` says otherwise."""
     params = em.init_emulator_params(jax.random.key(seed), 5, n_flux, hidden=(32, 32), logvar_init=logvar)
-    params = jax.tree.map(np.asarray, params)
+    params = jax.tree.map(np.array, params)
+    params["layers"][-1]["w"][:, n_flux:] = 0.0  # a constant predicted variance
     rng = np.random.default_rng(seed)
     return em.Emulator(params=params, label_names=FIVE, flux_names=tuple(f"f{k}" for k in range(n_flux)),
                        label_centre=CENTRE, label_scale=SCALE, flux_centre=np.full(n_flux, 1.0),
@@ -186,9 +187,10 @@ def _stars(emu, n, rng, noise=0.01):
     return truth, flux + noise * rng.normal(size=flux.shape), err
 
 
-# Every fit here shares one chunk size, so that each objective compiles once for the whole file.
-CHI2 = em.Chi2Settings(model_variance=False, chunk_size=8)
-NLL = em.Chi2Settings(model_variance=True, chunk_size=8)
+# Every fit here shares one chunk size, so that fits of >= 64 stars compile each objective once for the whole file.
+CHI2 = em.Chi2Settings(model_error="none", chunk_size=64)
+FIXED = em.Chi2Settings(model_error="fixed", chunk_size=64)
+NLL = em.Chi2Settings(model_error="predicted", chunk_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -220,22 +222,38 @@ def test_chi2_recovers_known_labels_with_calibrated_errors(chi2_fit):
 
 def test_chi2_batched_equals_per_star(chi2_fit):
     emu, truth, flux, err, fit = chi2_fit
-    """7 stars alone (one chunk of 8, padded) get the answers they got among 200 (25 chunks): a star's fit does not
-    depend on its batch."""
-    part = em.fit_labels_chi2(emu, flux[:7], err[:7], fixed={"alpha_m": truth[:7, 3]}, settings=CHI2)
-    assert np.all(np.abs(part.values - fit.values[:7]) <= 1e-6 * np.abs(fit.values[:7]) + 1e-6 * SCALE[[0, 1, 2, 4]])
-    np.testing.assert_allclose(part.errors, fit.errors[:7], rtol=1e-4)
+    """70 stars alone (2 chunks of 64, the second padded) get the answers they got among 200 (4 chunks): a star's fit
+    does not depend on its batch."""
+    part = em.fit_labels_chi2(emu, flux[:70], err[:70], fixed={"alpha_m": truth[:70, 3]}, settings=CHI2)
+    assert np.all(np.abs(part.values - fit.values[:70]) <= 1e-6 * np.abs(fit.values[:70]) + 1e-6 * SCALE[[0, 1, 2, 4]])
+    np.testing.assert_allclose(part.errors, fit.errors[:70], rtol=1e-4)
 
 
-def test_chi2_model_variance_adds_to_the_errors():
+def test_chi2_model_error_adds_to_the_errors():
     """With the emulator's own variance equal to the observed noise (logvar = ln 0.02^2 in flux-scale units, i.e.
-    sigma 0.01 physical), the NLL fit's errors are ~sqrt(2) x those of the classical chi^2 that ignores it."""
+    sigma 0.01 physical, nearly constant), both the fixed floor and the predicted variance give errors ~sqrt(2) x
+    those of the classical chi^2 that ignores it."""
     emu = _known_emulator(1, logvar=2 * math.log(0.02))
-    truth, flux, err = _stars(emu, 40, np.random.default_rng(4))
+    assert np.allclose(em.model_error_variance(emu), 0.02**2, rtol=0.01)
+    truth, flux, err = _stars(emu, 64, np.random.default_rng(4))
     fixed = {"alpha_m": truth[:, 3]}
-    nll = em.fit_labels_chi2(emu, flux, err, fixed=fixed, settings=NLL)
     chi2 = em.fit_labels_chi2(emu, flux, err, fixed=fixed, settings=CHI2)
-    assert np.median(nll.errors / chi2.errors) == pytest.approx(math.sqrt(2.0), rel=0.05)
+    for settings in (FIXED, NLL):
+        fit = em.fit_labels_chi2(emu, flux, err, fixed=fixed, settings=settings)
+        assert np.median(fit.errors / chi2.errors) == pytest.approx(math.sqrt(2.0), rel=0.05)
+
+
+def test_chi2_prior_alone_gives_the_training_distribution():
+    """A star without flux, fitted with the prior: the optimum is the prior's mean (the training labels' mean) and
+    the Laplace errors its standard deviations, exactly what a Gaussian posterior equal to the prior gives."""
+    emu = _known_emulator(0)
+    flux = np.full((1, 40), np.nan)
+    fit = em.fit_labels_chi2(emu, flux, flux, fixed={"alpha_m": 0.0},
+                             settings=em.Chi2Settings(model_error="none", chunk_size=8, prior=True))
+    sample = emu.train_labels[:, [0, 1, 2, 4]]
+    assert np.all(np.abs(fit.values[0] - sample.mean(axis=0)) < 1e-4 * SCALE[[0, 1, 2, 4]])
+    np.testing.assert_allclose(fit.covariance[0], np.cov(sample, rowvar=False), rtol=1e-3, atol=1e-6)
+    assert fit.no_data[0] and not fit.hessian_regularised[0]
 
 
 def test_chi2_flags_instead_of_nan():

@@ -18,12 +18,17 @@ a missing label.
 
 **chi^2 inversion.** :func:`fit_labels_chi2` fits the free labels (teff, logg, m_h, logebv by default, as in the
 inversion issue; alpha_m fixed, by default at the training median, or per star) to observed flux tokens by
-minimising ``0.5 * chi^2`` with ``chi^2 = sum_j (y_j - mu_j)^2 / V_j``: ``V_j = err_j^2`` for the classical fit
-(``model_variance=False``), or ``V_j = err_j^2 + exp(logvar_j)`` with ``+ 0.5 * sum_j ln V_j`` (the Gaussian NLL;
-the default, the same objective as the model's gradient inversion, so the two are comparable). Projected Adam
-(labels kept inside the emulator's training range) from several starts per star (a teff x logg grid over the
-training quantiles, the other free labels at the training median; its centre is the training median), all stars
-x starts in one vmapped, jitted call; the best start is polished by damped Newton steps; the Laplace covariance is
+minimising ``0.5 * chi^2`` with ``chi^2 = sum_j (y_j - mu_j)^2 / V_j`` and ``V_j = err_j^2 + s_j^2``: ``s_j^2`` is
+the emulator's own error on token j, either its median predicted variance over the training labels, a per-token
+constant (``model_error="fixed"``, the default: The Payne's practice of adding the emulator's typical error to the
+observed one), none (``"none"``, observed errors alone), or its prediction at the fitted labels (``"predicted"``,
+then ``+ 0.5 * sum_j ln V_j``: the Gaussian NLL, the model's own inversion objective). On the real test split the
+fixed floor gives calibrated errors where the observed errors alone give 4-5x too small ones, and the predicted
+variance pulls the fits towards labels where the emulator claims to be precise (docs/evaluation.md). An optional
+Gaussian prior over the free labels, fitted on the training labels (``prior=True``), adds
+``0.5 * (theta - m)^T C^-1 (theta - m)``. Projected Adam (labels kept inside the emulator's training range) from
+several starts per star (a teff x logg grid over the training quantiles, the other free labels at the training
+median; its centre is the training median), all stars x starts in one vmapped, jitted call; the best start is polished by damped Newton steps; the Laplace covariance is
 the inverse Hessian of the objective at the optimum. A Hessian that is not positive definite is regularised
 (eigenvalues floored) and flagged; an optimum at the edge of the training range is flagged: never a silent NaN.
 """
@@ -49,6 +54,7 @@ from ..vocab import robust_scale
 
 EMULATOR_LABELS = ("teff", "logg", "m_h", "alpha_m", "logebv")
 CHI2_FREE = ("teff", "logg", "m_h", "logebv")
+MODEL_ERRORS = ("fixed", "none", "predicted")
 LOGEBV_FLOOR = -7.0  # the data's floor (stellarfm_jax.data.catalogue.LOGEBV_FLOOR): "unknown", not a value
 FORMAT = "stellarfm_jax.emulator"
 VERSION = 1
@@ -150,12 +156,12 @@ class EmulatorConfig:
 
     hidden: tuple[int, ...] = (300, 300)
     activation: str = "silu"
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     batch_size: int = 256
-    max_epochs: int = 400
+    max_epochs: int = 150
     warmup_epochs: int = 5
-    patience: int = 40
+    patience: int = 30
     logvar_init: float = -4.0
     grad_clip: float = 1.0
     logebv_floor: float | None = LOGEBV_FLOOR  # logebv <= floor counts as missing (None: keep every value)
@@ -369,12 +375,17 @@ def load_emulator(path) -> Emulator:
 class Chi2Settings:
     """Settings of :func:`fit_labels_chi2` (static: part of the jit key).
 
-    ``model_variance``: add the emulator's predictive variance to the observed variance (Gaussian NLL, the model's
-    inversion objective) or fit with the observed errors alone (the classical chi^2). ``steps`` projected Adam steps
+    ``model_error``: what is added to the observed variance: ``"fixed"`` (the emulator's median predicted variance
+    over its training labels, per token), ``"none"`` (the classical chi^2 with the observed errors alone) or
+    ``"predicted"`` (its predicted variance at the fitted labels, with the ln V term: the Gaussian NLL). ``prior``:
+    add a Gaussian prior over the free labels (mean and covariance of the emulator's training labels, widened by
+    ``prior_scale``). ``steps`` projected Adam steps
     at ``learning_rate`` (standardised label units) decayed along a cosine to 1%, then ``newton_steps`` damped Newton
     steps on the best start. ``grid_quantiles``: the teff x logg start grid, as quantiles of the training labels."""
 
-    model_variance: bool = True
+    model_error: str = "fixed"
+    prior: bool = False
+    prior_scale: float = 1.0
     steps: int = 300
     learning_rate: float = 0.05
     newton_steps: int = 20
@@ -382,6 +393,10 @@ class Chi2Settings:
     hessian_floor: float = 1e-6  # eigenvalues of the Hessian below floor x the largest are regularised (and flagged)
     edge_tolerance: float = 1e-3  # standardised units: closer than this to the training range is "at the edge"
     chunk_size: int = 512
+
+    def __post_init__(self):
+        if self.model_error not in MODEL_ERRORS:
+            raise ValueError(f"model_error must be one of {MODEL_ERRORS}, got {self.model_error!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -415,28 +430,35 @@ class Chi2Fit:
         return self.hessian_regularised | self.at_edge | self.no_data
 
 
-def _star_objective(theta, star, params, activation, free_cols, fixed_cols, n_labels, model_variance):
-    """Objective and chi^2 of one star at free labels ``theta`` [P] (standardised)."""
+def _star_objective(theta, star, params, activation, free_cols, fixed_cols, n_labels, predicted, prior):
+    """Objective and chi^2 of one star at free labels ``theta`` [P] (standardised). ``star["err2"]`` already holds
+    any fixed model error; ``predicted`` adds the emulator's variance at theta (and the ln V term); ``prior`` the
+    Gaussian prior ``star["prior_mean"]`` [P], ``star["prior_precision"]`` [P, P]."""
     z = jnp.zeros((n_labels,), theta.dtype).at[np.asarray(free_cols, int)].set(theta)
     z = z.at[np.asarray(fixed_cols, int)].set(star["fixed"])
     mean, logvar = emulator_apply(params, z, activation)
-    var = star["err2"] + (jnp.exp(logvar) if model_variance else 0.0)
+    var = star["err2"] + (jnp.exp(logvar) if predicted else 0.0)
     var = jnp.where(star["mask"], var, 1.0)
     r2 = jnp.where(star["mask"], (star["y"] - mean) ** 2 / var, 0.0)
     obj = 0.5 * jnp.sum(r2)
-    if model_variance:
+    if predicted:
         obj = obj + 0.5 * jnp.sum(jnp.where(star["mask"], jnp.log(var), 0.0))
+    if prior:
+        d = theta - star["prior_mean"]
+        obj = obj + 0.5 * d @ star["prior_precision"] @ d
     return obj, jnp.sum(r2)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "free_cols", "fixed_cols", "n_labels", "settings"))
-def _fit_chunk(params, stars, starts, low, high, activation, free_cols, fixed_cols, n_labels, settings: Chi2Settings):
+@functools.partial(jax.jit, static_argnames=("activation", "free_cols", "fixed_cols", "n_labels", "predicted", "prior",
+                                             "steps", "learning_rate", "newton_steps"))
+def _fit_chunk(params, stars, starts, low, high, activation, free_cols, fixed_cols, n_labels, predicted, prior,
+               steps, learning_rate, newton_steps):
     """stars: dict of [B, ...] arrays; starts [S, P]; low/high [P] (standardised). Returns per star the optimum
     theta [P], objective, chi2, Hessian [P, P], best start index."""
     objective = functools.partial(_star_objective, params=params, activation=activation, free_cols=free_cols,
-                                  fixed_cols=fixed_cols, n_labels=n_labels, model_variance=settings.model_variance)
+                                  fixed_cols=fixed_cols, n_labels=n_labels, predicted=predicted, prior=prior)
     value = lambda theta, star: objective(theta, star)[0]  # noqa: E731
-    schedule = optax.cosine_decay_schedule(settings.learning_rate, max(settings.steps, 1), alpha=0.01)
+    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.01)
     opt = optax.adam(schedule)
 
     def adam_one(theta0, star):
@@ -447,7 +469,7 @@ def _fit_chunk(params, stars, starts, low, high, activation, free_cols, fixed_co
             upd, state = opt.update(g, state, theta)
             return (jnp.clip(optax.apply_updates(theta, upd), low, high), state), None
 
-        (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=settings.steps)
+        (theta, _), _ = jax.lax.scan(step, (theta0, opt.init(theta0)), None, length=steps)
         return theta, value(theta, star)
 
     def newton_one(theta, star):
@@ -464,7 +486,7 @@ def _fit_chunk(params, stars, starts, low, high, activation, free_cols, fixed_co
                     jnp.where(better, lam * 0.3, lam * 10.0)), None
 
         (theta, obj, _), _ = jax.lax.scan(step, (theta, value(theta, star), jnp.asarray(1e-3, theta.dtype)), None,
-                                          length=settings.newton_steps)
+                                          length=newton_steps)
         return theta, obj
 
     def one_star(star):
@@ -500,8 +522,8 @@ def fit_labels_chi2(emulator: Emulator, flux, flux_err, free=CHI2_FREE, fixed=No
     """Fit the ``free`` labels of N stars to their observed flux with the emulator (module docstring).
 
     flux, flux_err: [N, F] physical, columns in ``emulator.flux_names`` order; NaN flux = missing (masked), NaN
-    error = 0 (then only the emulator's variance weighs that token; with ``model_variance=False`` such tokens are
-    masked too). ``fixed``: {label: scalar or [N]} for the emulator labels that are not free (default: the training
+    error = 0 (then only the emulator's error weighs that token; with ``model_error="none"`` such tokens are
+    masked). ``fixed``: {label: scalar or [N]} for the emulator labels that are not free (default: the training
     median for each). ``starts``: [S, P] physical (default :func:`default_starts`). Returns a :class:`Chi2Fit`."""
     t0 = time.perf_counter()
     names = emulator.label_names
@@ -539,10 +561,15 @@ def fit_labels_chi2(emulator: Emulator, flux, flux_err, free=CHI2_FREE, fixed=No
     y = (flux - emulator.flux_centre) / emulator.flux_scale
     err = np.nan_to_num(flux_err, nan=0.0) / emulator.flux_scale
     mask = np.isfinite(y) & (err >= 0)
-    if not settings.model_variance:
+    if settings.model_error == "none":
         mask &= err > 0
-    stars_np = {"y": np.where(mask, y, 0.0).astype(np.float32), "err2": np.where(mask, err**2, 1.0).astype(np.float32),
+    var = err**2 + (model_error_variance(emulator)[None, :] if settings.model_error == "fixed" else 0.0)
+    stars_np = {"y": np.where(mask, y, 0.0).astype(np.float32), "err2": np.where(mask, var, 1.0).astype(np.float32),
                 "mask": mask, "fixed": ((fixed_phys - centre[x_idx]) / scale[x_idx]).astype(np.float32)}
+    if settings.prior:
+        mean, precision = _label_prior(emulator, f_idx, settings.prior_scale)
+        stars_np["prior_mean"] = np.broadcast_to(mean, (n, len(free))).astype(np.float32)
+        stars_np["prior_precision"] = np.broadcast_to(precision, (n, len(free), len(free))).astype(np.float32)
     chunk = max(1, min(settings.chunk_size, n))
     outs = []
     for start in range(0, n, chunk):
@@ -552,7 +579,8 @@ def fit_labels_chi2(emulator: Emulator, flux, flux_err, free=CHI2_FREE, fixed=No
             part = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in part.items()}
         res = _fit_chunk(emulator.params, part, jnp.asarray(starts_z, jnp.float32), jnp.asarray(low, jnp.float32),
                          jnp.asarray(high, jnp.float32), emulator.config.activation, free_cols, fixed_cols, len(names),
-                         settings)
+                         settings.model_error == "predicted", settings.prior, settings.steps, settings.learning_rate,
+                         settings.newton_steps)
         outs.append([np.asarray(r)[: chunk - pad] for r in res])
     theta, obj, chi2, hess, best = (np.concatenate([o[k] for o in outs]) for k in range(5)) if n else \
         (np.zeros((0, len(free))), np.zeros(0), np.zeros(0), np.zeros((0, len(free), len(free))), np.zeros(0, int))
@@ -571,6 +599,22 @@ def fit_labels_chi2(emulator: Emulator, flux, flux_err, free=CHI2_FREE, fixed=No
                    chi2=chi2.astype(np.float64), n_tokens=n_tokens, objective=obj.astype(np.float64),
                    best_start=best.astype(int), hessian_regularised=regularised, at_edge=at_edge, no_data=no_data,
                    reason=reason, starts=starts, seconds=time.perf_counter() - t0)
+
+
+def model_error_variance(emulator: Emulator) -> np.ndarray:
+    """[F] the emulator's typical error per token, standardised units: the median of its predicted variance over
+    its sample of training labels (the ``model_error="fixed"`` floor of :func:`fit_labels_chi2`)."""
+    z = emulator.standardize_labels(emulator.train_labels).astype(np.float32)
+    _, logvar = _apply_jit(emulator.params, z, emulator.config.activation)
+    return np.median(np.exp(np.asarray(logvar, np.float64)), axis=0)
+
+
+def _label_prior(emulator: Emulator, free_idx, widen: float):
+    """Gaussian prior over the free labels (standardised units): mean and precision of the training label sample,
+    the covariance widened by ``widen``^2."""
+    z = emulator.standardize_labels(emulator.train_labels)[:, free_idx]
+    cov = np.atleast_2d(np.cov(z, rowvar=False)) * widen**2
+    return z.mean(axis=0), np.linalg.inv(cov)
 
 
 def _laplace(hess, floor):
