@@ -305,41 +305,50 @@ def _adam(objective, theta0, settings: InversionSettings):
     return theta, jnp.minimum(last, state["best_value"]), state["i"], state["finite"]
 
 
-def _newton(objective, theta0, settings: InversionSettings):
-    """Levenberg-Marquardt from theta0 [F] -> (theta, objective, converged, iterations)."""
+def grad_and_hessian(objective, theta):
+    """(gradient [F], Hessian [F, F]) of ``objective`` at theta [F] from one forward-over-reverse pass (the
+    gradient is the primal of the Hessian's JVPs, so it is not traced twice)."""
+    basis = jnp.eye(theta.shape[0], dtype=theta.dtype)
+    grad, hess = jax.vmap(lambda v: jax.jvp(jax.grad(objective), (theta,), (v,)), out_axes=(None, 0))(basis)
+    return grad, 0.5 * (hess + hess.T)
+
+
+def _newton(objective, theta0, value0, settings: InversionSettings):
+    """Levenberg-Marquardt from theta0 [F] (objective value0 there) -> (theta, objective, converged, iterations,
+    gradient, Hessian). The last iteration only evaluates the gradient and Hessian at the final theta (for Laplace),
+    so the network's second derivatives are traced once."""
     f = theta0.shape[0]
     eye = jnp.eye(f, dtype=theta0.dtype)
 
     def cond(state):
-        return (state["i"] < settings.newton_steps) & ~state["converged"] & (state["lam"] < 1e6)
+        return ~state["done"]
 
     def body(state):
         theta = state["theta"]
-        grad = jax.grad(objective)(theta)
-        hess = jax.hessian(objective)(theta)
-        hess = 0.5 * (hess + hess.T)
+        grad, hess = grad_and_hessian(objective, theta)
         ok = jnp.all(jnp.isfinite(grad)) & jnp.all(jnp.isfinite(hess))
-        hess = jnp.where(ok, hess, eye)
-        grad = jnp.where(ok, grad, 0.0)
-        eig = jnp.linalg.eigvalsh(hess)
+        finish = state["converged"] | (state["i"] >= settings.newton_steps) | (state["lam"] >= 1e6)
+        h = jnp.where(ok, hess, eye)
+        g = jnp.where(ok, grad, 0.0)
+        eig = jnp.linalg.eigvalsh(h)
         top = jnp.maximum(jnp.max(jnp.abs(eig)), 1e-6)
         shift = jnp.maximum(0.0, -eig[0]) + state["lam"] * top
-        step = -jnp.linalg.solve(hess + shift * eye, grad)
+        step = -jnp.linalg.solve(h + shift * eye, g)
         step = step * jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.max(jnp.abs(step)), 1e-12))  # at most 1 sigma a step
         new_value = _finite_or_inf(objective(theta + step))
-        accept = ok & (new_value <= state["value"])
+        accept = ok & (new_value <= state["value"]) & ~finish
         small = jnp.max(jnp.abs(step)) < settings.newton_xtol
-        # Converged: a (nearly undamped) Newton step at a positive definite Hessian is tiny.
-        converged = ok & small & (eig[0] > 0) & (state["lam"] <= 1e-2)
+        # Converged: a (nearly undamped) Newton step at a positive semi-definite Hessian is tiny.
+        converged = state["converged"] | (ok & small & (eig[0] > -1e-6 * top) & (state["lam"] <= 1e-2))
         return dict(theta=jnp.where(accept, theta + step, theta), value=jnp.where(accept, new_value, state["value"]),
                     lam=jnp.where(accept, jnp.maximum(state["lam"] * 0.3, 1e-9), state["lam"] * 10.0),
-                    i=state["i"] + 1, converged=converged)
+                    i=state["i"] + jnp.where(finish, 0, 1), converged=converged, done=finish, grad=grad, hess=hess)
 
-    value0 = _finite_or_inf(objective(theta0))
     init = dict(theta=theta0, value=value0, lam=jnp.array(1e-3, theta0.dtype), i=jnp.array(0),
-                converged=jnp.array(False))
+                converged=jnp.array(settings.newton_steps == 0), done=jnp.array(False), grad=jnp.zeros_like(theta0),
+                hess=jnp.zeros((f, f), theta0.dtype))
     state = jax.lax.while_loop(cond, body, init)
-    return state["theta"], state["value"], state["converged"] | (settings.newton_steps == 0), state["i"]
+    return state["theta"], state["value"], state["converged"], state["i"], state["grad"], state["hess"]
 
 
 def laplace_covariance(hess):
@@ -359,21 +368,30 @@ def laplace_covariance(hess):
     return cov, jnp.where(finite, ridge, 0.0), finite
 
 
-def _invert_one_star(params, prior, problem, candidates, spec, settings: InversionSettings):
-    """One star: candidates [C, F] -> dict of its fit (see :func:`invert_batch`)."""
-    objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
+def fit_star(objective, candidates, settings: InversionSettings) -> dict:
+    """Minimise one star's ``objective(theta [F]) -> scalar`` (traceable) from candidates [C, F]: screen them, Adam
+    from the ``settings.n_starts`` best, damped Newton from the best of those, Laplace covariance (module docstring).
+    Returns theta [F], objective, covariance [F, F], ridge, hessian_finite, start_objective [n_starts],
+    grad_finite, converged, steps, candidate (index of the winning candidate)."""
     screened = _finite_or_inf(jax.vmap(objective)(candidates))  # [C]
     keep = jnp.argsort(screened)[: settings.n_starts]
     thetas, values, steps, finite = jax.vmap(lambda t: _adam(objective, t, settings))(candidates[keep])
     best = jnp.argmin(values)
-    theta, value, converged, newton_iters = _newton(objective, thetas[best], settings)
-    theta = jnp.where(jnp.all(jnp.isfinite(theta)), theta, candidates[keep[0]])
-    grad = jax.grad(objective)(theta)
-    cov, ridge, hess_finite = laplace_covariance(jax.hessian(objective)(theta))
-    return dict(theta=theta, objective=_finite_or_inf(objective(theta)), nll=_nll(params, theta, problem, spec),
-                covariance=cov, ridge=ridge, hessian_finite=hess_finite, start_objective=values,
+    start = jnp.where(jnp.all(jnp.isfinite(thetas[best])), thetas[best], candidates[keep[0]])
+    theta, value, converged, newton_iters, grad, hess = _newton(objective, start, values[best], settings)
+    cov, ridge, hess_finite = laplace_covariance(hess)
+    return dict(theta=theta, objective=value, covariance=cov, ridge=ridge,
+                hessian_finite=hess_finite, start_objective=values,
                 grad_finite=jnp.all(finite) & jnp.all(jnp.isfinite(grad)), converged=converged,
                 steps=jnp.max(steps) + newton_iters, candidate=keep[best])
+
+
+def _invert_one_star(params, prior, problem, candidates, spec, settings: InversionSettings):
+    """One star: candidates [C, F] -> dict of its fit (see :func:`invert_batch`)."""
+    objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
+    out = fit_star(objective, candidates, settings)
+    out["nll"] = _nll(params, out["theta"], problem, spec)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "settings"))
@@ -409,6 +427,26 @@ def importance_batch(params, prior, problems, theta, covariance, eps, *, spec: M
 
 
 # ============================================================================== the object shell
+def flag_reasons(names, converged, hessian_finite, ridge, grad_finite, edge, newton_steps: int) -> np.ndarray:
+    """Why each star's fit is flagged ('' when it is not): [N] object array of '; '-joined reasons from the flags
+    converged, hessian_finite, grad_finite [N] bool, ridge [N] float, edge [N, F] bool."""
+    reasons = []
+    for i in range(len(converged)):
+        r = []
+        if not converged[i]:
+            r.append(f"not converged in {newton_steps} Newton steps")
+        if not hessian_finite[i]:
+            r.append("Hessian not finite: errors are the training spread")
+        elif ridge[i] > 0:
+            r.append(f"Hessian not positive definite: ridge {ridge[i]:.3g} added")
+        if not grad_finite[i]:
+            r.append("a gradient was not finite")
+        if np.any(edge[i]):
+            r.append("optimum at the edge of the training range (" + ",".join(np.array(names)[np.asarray(edge[i])]) + ")")
+        reasons.append("; ".join(r))
+    return np.array(reasons, dtype=object)
+
+
 @dataclass(frozen=True)
 class InversionResult:
     """Fitted free tokens of N stars in physical units.
@@ -694,20 +732,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     edge = (values <= low + margin) | (values >= high - margin)
     ridge, hess_finite = np.asarray(out["ridge"]), np.asarray(out["hessian_finite"], bool)
     grad_finite, converged = np.asarray(out["grad_finite"], bool), np.asarray(out["converged"], bool)
-    reasons = []
-    for i in range(n):
-        r = []
-        if not converged[i]:
-            r.append(f"not converged in {settings.newton_steps} Newton steps")
-        if not hess_finite[i]:
-            r.append("Hessian not finite: errors are the training spread")
-        elif ridge[i] > 0:
-            r.append(f"Hessian not positive definite: ridge {ridge[i]:.3g} added")
-        if not grad_finite[i]:
-            r.append("a gradient was not finite")
-        if edge[i].any():
-            r.append("optimum at the edge of the training range (" + ",".join(np.array(free)[edge[i]]) + ")")
-        reasons.append("; ".join(r))
+    reasons = flag_reasons(free, converged, hess_finite, ridge, grad_finite, edge, settings.newton_steps)
 
     samples = log_weights = ess = None
     if posterior_samples:
@@ -727,10 +752,10 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         nll=np.asarray(out["nll"], np.float64), objective=np.asarray(out["objective"], np.float64),
         start_nll=np.asarray(out["start_objective"], np.float64), grad_finite=grad_finite,
         laplace_ok=hess_finite & (ridge == 0), hessian_regularised=~hess_finite | (ridge > 0), converged=converged,
-        at_edge=edge.any(axis=1), reason=np.array(reasons, dtype=object), steps=np.asarray(out["steps"]),
+        at_edge=edge.any(axis=1), reason=reasons, steps=np.asarray(out["steps"]),
         prior=prior_text, seconds=seconds, samples=samples, log_weights=log_weights, ess=ess)
 
 
 __all__ = ["DEFAULT_FREE", "InversionPrior", "InversionResult", "InversionSettings", "auto_prior", "default_free_names",
-           "flat_prior_arrays", "gaussian_prior_arrays", "importance_batch", "invert", "invert_batch",
+           "fit_star", "flag_reasons", "grad_and_hessian", "flat_prior_arrays", "gaussian_prior_arrays", "importance_batch", "invert", "invert_batch",
            "laplace_covariance", "mixture_prior_arrays", "neg_log_prior", "resolve_prior"]

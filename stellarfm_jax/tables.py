@@ -223,6 +223,8 @@ def _csv_cells(arr: np.ndarray) -> list[str]:
         return [repr(float(x)) for x in arr]
     if arr.dtype.kind == "b":
         return ["1" if x else "0" for x in arr]
+    if arr.dtype.kind in "USO":  # text (e.g. the inversion's flag reasons)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in arr]
     return [str(int(x)) for x in arr]
 
 
@@ -259,7 +261,12 @@ class HDF5Writer:
         for name, arr in columns.items():
             arr = np.asarray(arr)
             if name not in self.file:
-                self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=arr.dtype, chunks=(65536,))
+                import h5py
+
+                dtype = h5py.string_dtype() if arr.dtype.kind in "USO" else arr.dtype  # text: variable-length UTF-8
+                self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(65536,))
+            if arr.dtype.kind in "US":
+                arr = arr.astype(object)
             ds = self.file[name]
             ds.resize((self.n + m,))
             ds[self.n:] = arr

@@ -152,3 +152,99 @@ def test_closed_loop_recovers_parameters_within_laplace_errors(trained_model):
         alone = model.invert(observed[i], names, obs_err, free=FREE)
         assert np.all(np.abs(alone.values[0] - res.values[i]) <= 1e-4 * res.errors[i])
         np.testing.assert_allclose(alone.errors[0], res.errors[i], rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------ starts, prior, never-NaN (toy)
+from stellarfm_jax.inversion import (InversionPrior, InversionSettings, fit_star, flag_reasons,  # noqa: E402
+                                     gaussian_prior_arrays, laplace_covariance, mixture_prior_arrays, neg_log_prior)
+
+TOY = InversionSettings(steps=80, n_starts=2, newton_steps=15)
+
+
+def toy_nll(theta):
+    """Two basins in theta[0] (at -1 and +1; the one at -1 deeper by 0.2); theta[1] has no effect at all."""
+    import jax.numpy as jnp
+
+    return 0.5 * ((theta[0] ** 2 - 1.0) / 0.05) ** 2 + 0.1 * theta[0] + 0.0 * theta[1]
+
+
+def _fit_toy(objective, candidates, settings=TOY):
+    import jax.numpy as jnp
+
+    out = jax.jit(lambda c: fit_star(objective, c, settings))(jnp.asarray(candidates, jnp.float32))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_starts_and_prior_find_the_right_basin_of_a_two_basin_star():
+    # Candidates: a "forward prediction" near +1 and a grid point near -1 (better by the likelihood alone).
+    candidates = np.array([[0.95, 0.0], [-1.02, 0.0], [3.0, 0.0]])
+    flat = _fit_toy(toy_nll, candidates)
+    assert abs(flat["theta"][0] + 1.0) < 0.02  # without a prior the deeper (wrong) basin wins
+    assert flat["converged"]
+    # A Gaussian prior N(+0.8, 0.5^2) on theta[0], N(0, 1) on theta[1]: the right basin wins.
+    prior = gaussian_prior_arrays(2, 1.0)
+    prior["means"] = np.array([[0.8, 0.0]], np.float32)
+    prior["precision"] = np.diag([1 / 0.25, 1.0]).astype(np.float32)[None]
+    prior = {k: np.asarray(v) for k, v in prior.items()}
+    with_prior = _fit_toy(lambda t: toy_nll(t) + neg_log_prior(t, prior), candidates)
+    # Independent expectation: the minimum of the 1-D objective on a fine grid near +1.
+    grid = np.linspace(0.9, 1.1, 200001)
+    expected = grid[np.argmin(0.5 * ((grid**2 - 1) / 0.05) ** 2 + 0.1 * grid + 0.5 * (grid - 0.8) ** 2 / 0.25)]
+    assert abs(with_prior["theta"][0] - expected) < 1e-3, (with_prior["theta"], expected)
+    assert abs(with_prior["theta"][1]) < 1e-3 and with_prior["converged"]
+    # The screen ranks by the whole objective: with one kept start, the prior keeps the +1 candidate.
+    single = InversionSettings(steps=80, n_starts=1, newton_steps=15)
+    one = _fit_toy(lambda t: toy_nll(t) + neg_log_prior(t, prior), candidates, single)
+    assert one["candidate"] == 0 and abs(one["theta"][0] - expected) < 1e-3
+    assert _fit_toy(toy_nll, candidates, single)["candidate"] == 1
+    # Laplace with the prior: d2/dtheta2 at the optimum, computed by hand.
+    h00 = (6 * expected**2 - 2) / 0.05**2 + 4.0
+    np.testing.assert_allclose(with_prior["covariance"][0, 0], 1 / h00, rtol=2e-2)
+    np.testing.assert_allclose(with_prior["covariance"][1, 1], 1.0, rtol=1e-3)
+    assert with_prior["ridge"] == 0
+
+
+def test_a_singular_hessian_gives_finite_errors_a_flag_and_a_reason():
+    flat = _fit_toy(toy_nll, np.array([[0.95, 0.0], [-1.02, 0.0]]))
+    cov = flat["covariance"]
+    assert np.isfinite(cov).all() and flat["ridge"] > 0  # theta[1] is unconstrained: ridge added
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    reasons = flag_reasons(["a", "b"], flat["converged"][None], flat["hessian_finite"][None], flat["ridge"][None],
+                           flat["grad_finite"][None], np.zeros((1, 2), bool), TOY.newton_steps)
+    assert reasons[0].startswith("Hessian not positive definite: ridge"), reasons[0]
+    # A Hessian that is not finite: the identity, flagged as not finite; a singular one: a ridge.
+    import jax.numpy as jnp
+
+    c, ridge, finite = laplace_covariance(jnp.array([[np.nan, 0.0], [0.0, 1.0]], jnp.float32))
+    np.testing.assert_array_equal(np.asarray(c), np.eye(2))
+    assert not bool(finite)
+    c, ridge, finite = laplace_covariance(jnp.array([[1.0, 1.0], [1.0, 1.0]], jnp.float32))
+    assert bool(finite) and float(ridge) > 0 and np.isfinite(np.asarray(c)).all()
+    r = flag_reasons(["a", "b"], np.array([True, False]), np.array([False, True]), np.array([0.0, 0.0]),
+                     np.array([True, True]), np.array([[False, False], [False, True]]), 15)
+    assert r[0] == "Hessian not finite: errors are the training spread"
+    assert r[1] == "not converged in 15 Newton steps; optimum at the edge of the training range (b)"
+
+
+def test_prior_fit_save_load_and_marginal(tmp_path):
+    rng = np.random.default_rng(0)
+    vocab = Vocabulary.unit(["teff", "logg"])
+    a = rng.normal([4800.0, 2.5], [100.0, 0.2], (600, 2))
+    b = rng.normal([5800.0, 4.4], [150.0, 0.1], (400, 2))
+    prior = InversionPrior.fit(np.concatenate([a, b]), vocab, ["teff", "logg"], n_components=2)
+    order = np.argsort(prior.means[:, 0])
+    np.testing.assert_allclose(prior.means[order], [[4800, 2.5], [5800, 4.4]], rtol=0.01)
+    np.testing.assert_allclose(prior.weights[order], [0.6, 0.4], atol=0.02)
+    loaded = InversionPrior.load(prior.save(tmp_path / "prior.json"))
+    x = np.array([[5000.0, 3.0], [5700.0, 4.3]])
+    np.testing.assert_allclose(loaded.log_prob(x), prior.log_prob(x))
+    # The standardised mixture evaluated in JAX equals the NumPy density (up to the Jacobian of the units).
+    arrays = mixture_prior_arrays(prior, vocab, ["teff", "logg"])
+    z = (x - vocab.centre) / vocab.scale
+    jax_logp = np.array([-float(neg_log_prior(zi.astype(np.float32), arrays)) for zi in z])
+    np.testing.assert_allclose(jax_logp, prior.log_prob(x) + np.log(vocab.scale).sum(), rtol=1e-4)
+    # A free token the prior does not cover is flat.
+    marginal = mixture_prior_arrays(prior, Vocabulary.unit(["teff", "logg", "m_h"]), ["teff", "m_h"])
+    assert np.all(marginal["precision"][:, 1, :] == 0)
+    with pytest.raises(ValueError, match="too few"):
+        InversionPrior.fit(a[:3], vocab, ["teff", "logg"], n_components=2)
