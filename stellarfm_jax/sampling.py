@@ -89,7 +89,7 @@ class SamplingConfig:
         t = config.train
         return cls(context_length=int(config.model.context_length), max_padding=int(t.max_padding),
                    num_outputs=int(t.outputs_per_star), exclude_targets=bool(t.exclude_target_from_context),
-                   task_probabilities=tuple((str(n), float(p)) for n, p in t.task_probabilities),
+                   task_probabilities=t.task_probabilities,
                    task_logebv_probability=float(t.task_logebv_probability),
                    task_colour_probability=float(t.task_colour_probability))
 
@@ -278,12 +278,6 @@ def _resolve(config, kwargs) -> SamplingConfig:
     return config
 
 
-def _check_templates(config: SamplingConfig, templates) -> None:
-    if config.task_probabilities and templates is None:
-        raise ValueError("the sampling config sets task_probabilities but no templates were given: pass "
-                         "templates=config.templates(vocab) (or clear task_probabilities to sample as the paper)")
-
-
 def sample_star_tokens(key, available, output_weights, config: SamplingConfig | None = None, templates=None,
                        padding_stratum=None, num_strata: int = 1, **kwargs):
     """Choose the context slots and the requested tokens of one star.
@@ -301,7 +295,6 @@ def sample_star_tokens(key, available, output_weights, config: SamplingConfig | 
       output_index [R] int32, output_valid [R] bool.
     """
     config = _resolve(config, kwargs)
-    _check_templates(config, templates)
     return _sample_tokens(key, available, output_weights, config, templates, padding_stratum, num_strata)[:4]
 
 
@@ -344,7 +337,6 @@ def sample_star(key, values, errors, available, output_weights, config: Sampling
 
     ``config``: a :class:`SamplingConfig`, or its fields as keywords (the older API)."""
     config = _resolve(config, kwargs)
-    _check_templates(config, templates)
     return _star_example(key, values, errors, available, output_weights, config, templates, padding_stratum,
                          num_strata)[0]
 
@@ -355,13 +347,14 @@ def sample_batch(key, data: StarData, output_weights, config: SamplingConfig | N
 
     ``config``: a :class:`SamplingConfig`, or its fields as keywords (the older API:
     ``sample_batch(key, data, w, padding_strata=..., context_length=..., max_padding=..., ...)``).
-    ``templates``: optional :class:`TaskTemplates` (required when ``config.task_probabilities`` is set).
+    ``templates``: optional :class:`TaskTemplates` (``config.templates(vocab)``); None samples as the paper
+    whatever ``config.task_probabilities`` says (e.g. a validation loss comparable across recipes): the
+    config's task fields only build the templates.
     ``padding_strata``: optional int [B], a permutation of 0..B-1 giving each row's padding stratum
     (:func:`stratified_padding`); None draws every star's padding independently (the original).
     Returns a :class:`Batch` [B, ...], or ``(Batch, tasks)`` with ``return_tasks``: int32 [B], each row's
     template index in ``templates.names`` (after the infeasible fallback; -1 when templates are off)."""
     config = _resolve(config, kwargs)
-    _check_templates(config, templates)
     chex.assert_rank([data.values, data.available], 2)
     num_stars = data.values.shape[0]
     keys = jax.random.split(key, num_stars)
