@@ -68,6 +68,10 @@ def test_spectrum_residuals_by_hand():
     chi2_star = [np.mean((0.1 * obs[i]) ** 2 / (0.01 + 0.04)) for i in range(2)]
     assert r["median_chi2"] == pytest.approx(np.median(chi2_star))
     assert r["median_chi2_observed_errors_only"] == pytest.approx(np.median([np.mean((0.1 * o) ** 2 / 0.04) for o in obs]))
+    np.testing.assert_allclose(r["median_abs_fractional_residual_per_wavelength"], 0.1)
+    z = (0.1 * obs / np.sqrt(0.05)).ravel()  # z = (pred - obs) / sqrt(sigma^2 + err^2) = 0.1 obs / sqrt(0.05)
+    assert r["flux_z_robust_std"] == pytest.approx(1.482602218505602 * np.median(np.abs(z - np.median(z))))
+    assert r["flux_z_rms"] == pytest.approx(np.sqrt(np.mean(z**2)))
 
 
 # ----------------------------------------------------------------------------- input sets
@@ -233,6 +237,196 @@ def test_empirical_extinction_curve_of_f99_stars_and_of_a_noisy_label():
     assert res["model_vs_data_scale"] == pytest.approx(1 / reliability, rel=0.03)
 
 
+# ----------------------------------------------------------------------------- the task registry
+class _FakeModel:
+    """Just what run_evaluation and the labels -> spectrum task ask of a model: a vocabulary, metadata and
+    (``flux_of``: labels [N, V] -> flux [N, F], ``sigma``) predictions for the flux tokens."""
+
+    context_length = 8
+    metadata = {"epochs_trained": 3}
+
+    def __init__(self, vocab, flux_of=None, sigma=0.0):
+        self.vocab, self.flux_of, self.sigma = vocab, flux_of, sigma
+
+    def perceive(self, values, names, chunk_size=None):
+        assert list(names) == list(self.vocab.names)
+        return _FakePerception(self, np.asarray(values, np.float64))
+
+
+class _FakePerception:
+    def __init__(self, model, values):
+        self.model, self.values = model, values
+
+    def request(self, names, progress=False, **options):
+        flux_names = self.model.vocab.group_names("spectrum")
+        flux = self.model.flux_of(self.values)
+        out = {}
+        for n in names:
+            out[n] = flux[:, flux_names.index(n)]
+            out[f"{n}_error"] = np.full(len(flux), self.model.sigma)
+        return out
+
+
+def _tiny_dataset(n=60, seed=0):
+    """Five labels and 6 flux tokens f400..f900 that depend on teff and logg exactly (no noise); a quarter of the
+    stars without alpha_m, a few with logebv at the data's -7 floor."""
+    from stellarfm_jax.data.dataset import Dataset
+
+    flux_names = [f"f{w}" for w in range(400, 901, 100)]
+    vocab = Vocabulary.unit(flux_names + ["teff", "logg", "m_h", "alpha_m", "logebv"],
+                            groups=["spectrum"] * 6 + ["label"] * 5)
+    rng = np.random.default_rng(seed)
+
+    def split(k):
+        labels = np.stack([rng.uniform(4000, 6000, k), rng.uniform(1, 5, k), rng.uniform(-1, 0.3, k),
+                           rng.uniform(0, 0.3, k), rng.uniform(-4, 0, k)], axis=1)
+        labels[: k // 4, 3] = np.nan
+        labels[k // 4: k // 4 + 3, 4] = -7.0
+        values = np.concatenate([_flux_of_labels(labels), labels], axis=1)
+        return Split(values, np.full(values.shape, 0.01), np.arange(k))
+
+    return Dataset(vocab, split(n), split(n // 2), split(n))
+
+
+def _flux_of_labels(labels):
+    w = np.linspace(0.4, 0.9, 6)
+    return 1.0 + np.outer(labels[:, 0] / 5000.0, w) + 0.1 * labels[:, 1:2]
+
+
+def _dummy_task(calls):
+    from stellarfm_jax.evaluation import Task
+
+    def run(ctx):
+        calls.append(ctx.split)
+        return {"n": len(ctx.data), "first_train_star": float(ctx.dataset.train.values[0, 0])}
+
+    def figure(ctx, res, out):
+        (out / "dummy.txt").write_text(str(res["n"]))
+
+    return Task("dummy", run=run, figures=figure,
+                section=lambda m: ["## Dummy", "", f"dummy stars: {m['dummy']['n']}", ""],
+                summary=lambda m: [f"dummy: {m['dummy']['n']} stars"])
+
+
+def test_a_registered_task_shows_up_in_metrics_report_and_summary(tmp_path):
+    from stellarfm_jax.evaluation import registry
+
+    data = _tiny_dataset()
+    calls = []
+    reg = list(registry.TASKS)
+    ev.register(_dummy_task(calls), reg)
+    assert ev.task_names(reg)[-1] == "dummy" and ev.task_names(reg)[:-1] == ev.task_names()  # built-ins untouched
+    with pytest.raises(ValueError, match="registered already"):
+        ev.register(_dummy_task(calls), reg)
+    settings = ev.EvalSettings(tasks=("dummy",), max_stars=25)
+    m = ev.run_evaluation(_FakeModel(data.vocab), data, "val", tmp_path, settings, log=lambda *a: None, registry=reg)
+    assert calls == ["val"] and m["tasks"] == ["dummy"]
+    assert m["dummy"] == {"n": 25, "first_train_star": pytest.approx(float(data.train.values[0, 0]))}
+    assert set(m["seconds"]) == {"dummy", "total", "figures"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["dummy"]["n"] == 25
+    report = (tmp_path / "report.md").read_text()
+    assert "## Dummy\n\ndummy stars: 25\n" in report and "## Spectra" not in report  # only the selected task
+    assert report == ev.render_report(m, reg)
+    assert ev.summary_lines(m, reg) == ["dummy: 25 stars"]
+    assert (tmp_path / "dummy.txt").read_text() == "25"
+
+
+def test_task_selection():
+    from stellarfm_jax.evaluation import Task, registry
+
+    names = ev.task_names()
+    assert names[:3] == ["spectra_to_labels", "xgboost_experts", "headline"] and "emulator" in names
+    default = [t.name for t in ev.select_tasks(ev.EvalSettings())]
+    assert "xgboost_experts" in default and "emulator" in default
+    assert "inversion" not in [t.name for t in ev.select_tasks(ev.EvalSettings.quick())]  # off in --quick
+    off = [t.name for t in ev.select_tasks(ev.EvalSettings(xgboost=False, emulator=False))]
+    assert off == [n for n in default if n not in ("xgboost_experts", "emulator")]
+    # An explicit list runs in registry order, whatever its order.
+    chosen = ev.select_tasks(ev.EvalSettings(tasks=("kiel_diagram", "labels_to_spectra")))
+    assert [t.name for t in chosen] == ["labels_to_spectra", "kiel_diagram"]
+    with pytest.raises(ValueError, match="unknown evaluation task.*'nope'"):
+        ev.select_tasks(ev.EvalSettings(tasks=("nope",)))
+    with pytest.raises(ValueError, match="'headline' needs task.*spectra_to_labels"):
+        ev.select_tasks(ev.EvalSettings(tasks=("headline",)))
+    with pytest.raises(ValueError, match="'xgboost_experts' is selected but switched off: EvalSettings.xgboost"):
+        ev.select_tasks(ev.EvalSettings(tasks=("xgboost_experts",), xgboost=False))
+    with pytest.raises(ValueError, match="sequence of task names"):
+        ev.EvalSettings(tasks="emulator")
+    reg = []
+    with pytest.raises(ValueError, match="requires \\['a'\\]"):
+        ev.register(Task("b", run=None, requires=("a",)), reg)
+    assert registry.TASKS[0].name == "spectra_to_labels"
+
+
+class _FakeEmulator:
+    label_names = ("teff", "logg", "m_h", "alpha_m", "logebv")
+    flux_names = tuple(f"f{w}" for w in range(400, 901, 100))
+
+    def __init__(self, n_train):
+        from stellarfm_jax.evaluation.emulator import EmulatorConfig
+
+        self.config = EmulatorConfig(hidden=(7,))
+        self.info = {"epochs": 4, "best_epoch": 2, "best_val_nll": -1.0, "seconds": 0.5, "n_train": n_train,
+                     "n_val": 11, "seed": 0}
+
+
+def test_labels_to_spectra_with_the_emulator_side_by_side(tmp_path, monkeypatch):
+    """A model 10% too bright everywhere against an emulator 5% too faint: the section, the metrics and the figure
+    report both on the emulator's stars (all five labels, logebv above the floor), the model also on all stars."""
+    from stellarfm_jax.evaluation import emulator as em
+
+    data = _tiny_dataset(n=80)
+    fits = []
+
+    def fake_fit(vocab, train_values, train_errors, val_values, val_errors, config, seed):
+        fits.append((len(train_values), len(val_values), config.max_epochs, seed))
+        return _FakeEmulator(len(train_values))
+
+    def fake_emulate(emulator, labels):
+        assert np.isfinite(labels).all()
+        return 0.95 * _flux_of_labels(labels), np.full((len(labels), 6), 0.02)
+
+    monkeypatch.setattr(em, "fit_emulator", fake_fit)
+    monkeypatch.setattr(em, "emulate", fake_emulate)
+    model = _FakeModel(data.vocab, lambda v: 1.1 * _flux_of_labels(v[:, 6:]), sigma=0.05)
+    settings = ev.EvalSettings(tasks=("labels_to_spectra", "emulator"), emulator_max_train=50,
+                               emulator_config=(("max_epochs", 3),), emulator_seed=4)
+    m = ev.run_evaluation(model, data, "test", tmp_path, settings, log=lambda *a: None)
+    assert fits == [(50, 40, 3, 4)]
+    l2s, emu = m["labels_to_spectra"], m["emulator"]
+    test = data.test
+    with_labels = np.isfinite(test.values[:, 6:]).all(axis=1) & (test.values[:, 10] > -7)
+    assert l2s["n_stars"] == 80 and emu["labels_to_spectra"]["n_stars"] == with_labels.sum() == 57
+    assert emu["labels_to_spectra"]["n_stars_without_labels"] == 23
+    assert emu["model_same_stars"]["n_stars"] == 57
+    assert l2s["median_abs_fractional_residual"] == pytest.approx(0.1)
+    assert emu["model_same_stars"]["median_abs_fractional_residual"] == pytest.approx(0.1)
+    assert emu["labels_to_spectra"]["median_abs_fractional_residual"] == pytest.approx(0.05)
+    # rtol 1e-6: the split stores float32 values (flux and labels each rounded to 6e-8 relative).
+    np.testing.assert_allclose(emu["labels_to_spectra"]["median_abs_fractional_residual_per_wavelength"], 0.05, rtol=1e-6)
+    np.testing.assert_allclose(emu["model_same_stars"]["median_abs_fractional_residual_per_wavelength"], 0.1, rtol=1e-6)
+    obs = _flux_of_labels(test.values[with_labels, 6:])
+    z_model = (0.1 * obs / np.sqrt(0.05**2 + 0.01**2)).ravel()
+    z_emu = (-0.05 * obs / np.sqrt(0.02**2 + 0.01**2)).ravel()
+    for key, z in (("model_same_stars", z_model), ("labels_to_spectra", z_emu)):
+        assert emu[key]["flux_z_robust_std"] == pytest.approx(1.482602218505602 * np.median(np.abs(z - np.median(z))),
+                                                              rel=1e-5)
+    assert emu["comparison"] == {
+        "model_median_abs_fractional_residual": pytest.approx(0.1),
+        "emulator_median_abs_fractional_residual": pytest.approx(0.05),
+        "model_flux_z_robust_std": pytest.approx(emu["model_same_stars"]["flux_z_robust_std"]),
+        "emulator_flux_z_robust_std": pytest.approx(emu["labels_to_spectra"]["flux_z_robust_std"]),
+        "model_at_most_max": False, "model_not_worse": False,
+        "model_z_std_in_range": bool(0.8 <= emu["model_same_stars"]["flux_z_robust_std"] <= 1.25)}
+    assert emu["fit"]["n_train"] == 50 and emu["fit"]["config"]["hidden"] == [7]
+    report = (tmp_path / "report.md").read_text()
+    assert "| model, the emulator's stars | 57 | 0.1 |" in report and "| emulator | 57 | 0.05 |" in report
+    assert "not worse than the emulator's: False" in report and "fitted on 50 train stars" in report
+    assert (tmp_path / "labels_to_spectra.png").stat().st_size > 1000
+    summary = " ".join(ev.summary_lines(m))
+    assert "model 0.1" in summary and "emulator 0.05" in summary
+
+
 # ----------------------------------------------------------------------------- the shipped model on real stars
 @pytest.fixture(scope="module")
 def real():
@@ -291,7 +485,16 @@ def test_evaluate_cli_writes_a_report(real, tmp_path, capsys):
     for png in ("spectra_to_labels", "calibration", "labels_to_spectra", "spectrum_to_spectrum", "kiel_diagram",
                 "extinction_curve", "attention", "never_requested_outputs", "spectral_sequences"):
         assert (out / f"{png}.png").stat().st_size > 1000
-    assert "| xp_colours | teff |" in capsys.readouterr().out
+    # The emulator next to the model on the same stars (quick: 4,000 train stars, 25 epochs at most).
+    emu = metrics["emulator"]
+    assert 1000 < emu["fit"]["n_train"] <= 4000 and emu["fit"]["epochs"] <= 25
+    assert emu["model_same_stars"]["n_stars"] == emu["labels_to_spectra"]["n_stars"] > 100
+    assert emu["labels_to_spectra"]["median_abs_fractional_residual"] < 0.1  # a working emulator: ~4% per token
+    assert len(emu["labels_to_spectra"]["median_abs_fractional_residual_per_wavelength"]) == \
+        len(metrics["labels_to_spectra"]["wavelength_nm"])
+    assert "| emulator |" in report and "inversion" not in metrics["tasks"]  # no inversion in --quick
+    out_text = capsys.readouterr().out
+    assert "| xp_colours | teff |" in out_text and "vs emulator" in out_text
 
 
 def test_evaluate_cli_rejects_a_missing_model(tmp_path, capsys):
@@ -303,8 +506,7 @@ def test_evaluate_cli_rejects_a_missing_model(tmp_path, capsys):
 
 def test_run_evaluation_refuses_a_data_set_of_another_schema():
     from stellarfm_jax import pretrained
-    from stellarfm_jax.evaluate import run_evaluation
     from stellarfm_jax.synthetic import make_synthetic_dataset
 
     with pytest.raises(ValueError, match="does not match the data set"):
-        run_evaluation(pretrained("small"), make_synthetic_dataset(200))
+        ev.run_evaluation(pretrained("small"), make_synthetic_dataset(200))

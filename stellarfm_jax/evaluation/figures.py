@@ -88,6 +88,30 @@ def spectrum_residual_figure(results: dict, path, title=""):
     return _save(fig, path)
 
 
+def generation_figure(results: dict, path, title=""):
+    """Labels -> spectrum for one or more generators (e.g. the model and the emulator on the same stars): the median
+    fractional residual per wavelength with its robust scatter (top) and the median |fractional residual| (bottom)."""
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for label, res in results.items():
+        w = np.asarray(res["wavelength_nm"])
+        med, sc = np.asarray(res["median_fractional_residual"]), np.asarray(res["scatter_fractional_residual"])
+        line, = top.plot(w, med, label=f"{label} (median χ²={res['median_chi2']:.2f})")
+        top.fill_between(w, med - sc, med + sc, alpha=0.2, color=line.get_color())
+        bottom.plot(w, res["median_abs_fractional_residual_per_wavelength"], color=line.get_color(),
+                    label=f"{label}: {res['median_abs_fractional_residual']:.3f} overall, "
+                          f"flux z robust std {res['flux_z_robust_std']:.2f}")
+    top.axhline(0, color="k", lw=0.6)
+    top.set_ylabel("(predicted - observed) / observed")
+    top.set_title(title)
+    top.legend(fontsize=8)
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlabel("wavelength (nm)")
+    bottom.set_ylabel("median |fractional residual|")
+    bottom.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def spectral_sequence_figure(sequences: dict, path):
     plt = _plt()
     names = [k for k in sequences if k != "wavelength_nm"]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..vocab import robust_scale
 from .common import InputSet, flux_tokens, masked_inputs, predict_tokens
 
 SPECTRUM_FROM = ("teff", "logg", "m_h", "alpha_m", "logebv")
@@ -20,9 +21,11 @@ NO_EXTINCTION_LOGEBV = math.log(0.01)
 def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> dict:
     """Residual statistics of predicted against observed flux, [N, W] each.
 
-    Per wavelength: median fractional residual (pred - obs) / obs and its robust scatter. Per star: reduced
-    chi2 = mean over wavelengths of (pred - obs)^2 / (sigma_model^2 + sigma_obs^2), and the same with the
-    observed errors alone. Summaries: medians over stars / wavelengths."""
+    Per wavelength: median fractional residual (pred - obs) / obs, its robust scatter and the median |fractional
+    residual|. Per star: reduced chi2 = mean over wavelengths of (pred - obs)^2 / (sigma_model^2 + sigma_obs^2),
+    and the same with the observed errors alone. Summaries: medians over stars / wavelengths, and the robust std
+    and rms of the flux z-scores z = (pred - obs) / sqrt(sigma_model^2 + sigma_obs^2) over every star and token
+    (1 for a model whose uncertainties are right)."""
     pred, sigma, obs, err = (np.asarray(a, np.float64) for a in (pred, sigma, observed, observed_error))
     ok = np.isfinite(pred) & np.isfinite(obs) & (obs != 0)
     frac = np.where(ok, (pred - obs) / np.where(ok, obs, 1.0), np.nan)
@@ -35,15 +38,21 @@ def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> di
     scatter_frac = 1.4826 * np.nanmedian(np.abs(frac[stars] - median_frac), axis=0)
     chi2 = np.nanmean(chi_both[stars], axis=1)
     chi2_obs = np.nanmean(chi_obs[stars], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(ok, (pred - obs) / np.sqrt(sigma**2 + err**2), np.nan)
+    z = z[np.isfinite(z)]
     return {
         "n_stars": int(stars.sum()),
         "wavelength_nm": np.asarray(wavelengths, np.float64).tolist(),
         "median_fractional_residual": median_frac.tolist(),
         "scatter_fractional_residual": scatter_frac.tolist(),
+        "median_abs_fractional_residual_per_wavelength": np.nanmedian(np.abs(frac[stars]), axis=0).tolist(),
         "median_abs_fractional_residual": float(np.nanmedian(np.abs(frac[stars]))),
         "max_abs_median_fractional_residual": float(np.nanmax(np.abs(median_frac))),
         "median_chi2": float(np.median(chi2)),
         "median_chi2_observed_errors_only": float(np.nanmedian(chi2_obs)),
+        "flux_z_robust_std": float(robust_scale(z)) if z.size else float("nan"),
+        "flux_z_rms": float(np.sqrt(np.mean(z**2))) if z.size else float("nan"),
     }
 
 
@@ -54,7 +63,8 @@ def _observed(vocab, split, names):
 
 def labels_to_spectra(model, split, inputs=SPECTRUM_FROM, chunk_size: int = 1024) -> dict:
     """Task 3: every flux token predicted from the stars' labels (``inputs``; stars need teff, logg and m_h),
-    against the observed spectrum. Returns :func:`spectrum_residuals` plus ``inputs`` and the arrays."""
+    against the observed spectrum. Returns :func:`spectrum_residuals` plus ``inputs`` and the arrays (``stars``:
+    the indices of the stars used in ``split``)."""
     vocab = model.vocab
     inputs = [n for n in inputs if n in vocab.names]
     flux, waves = flux_tokens(vocab)
@@ -66,7 +76,8 @@ def labels_to_spectra(model, split, inputs=SPECTRUM_FROM, chunk_size: int = 1024
     obs, err = _observed(vocab, sub, flux)
     out = spectrum_residuals(pred, sigma, obs, err, waves)
     out["inputs"] = list(inputs)
-    out["arrays"] = dict(pred=pred, sigma=sigma, observed=obs, observed_error=err, wavelength=waves)
+    out["arrays"] = dict(pred=pred, sigma=sigma, observed=obs, observed_error=err, wavelength=waves,
+                         stars=np.flatnonzero(stars))
     return out
 
 
