@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 from . import forward
+from .cli import BadInputError
 from .forward import ModelSpec, encode, map_chunks, progress_bar
 from .inference import StellarModel
 from .inputs import prepare_inputs
@@ -684,8 +685,8 @@ def full_query_embeddings(model: SearchModel, values: np.ndarray, vocab_names: S
 
 def _check_vocab(model: SearchModel, dataset_vocab: Vocabulary) -> None:
     if tuple(dataset_vocab.names) != tuple(model.base.vocab.names):
-        raise ValueError(f"the data set's tokens ({dataset_vocab.schema!r}, {dataset_vocab.size} tokens) differ from "
-                         f"the model's ({model.base.vocab.schema!r}, {model.base.vocab.size} tokens)")
+        raise BadInputError(f"the data set's tokens ({dataset_vocab.schema!r}, {dataset_vocab.size} tokens) differ "
+                            f"from the model's ({model.base.vocab.schema!r}, {model.base.vocab.size} tokens)")
 
 
 @dataclass
