@@ -1,0 +1,171 @@
+"""Training recipes compared under one fixed wall-clock budget on this machine (issue: the model in every direction).
+
+Each candidate (a built-in config plus ``--set`` style overrides) trains on the real training split for the same
+budget of *training* seconds (evaluation time is not counted): a probe epoch measures its speed, the run is then
+planned for as many epochs as fit (one cosine cycle over them, as ``small`` does) and evaluated on a fixed
+validation subset every ``--eval-every-min`` minutes of training:
+
+* spectra + colours -> labels: robust scatter of teff, logg, m_h (the training monitor's ``xp_colours`` set,
+  :func:`stellarfm_jax.metrics.label_metrics`) and their robust z std;
+* labels -> spectrum: every flux token from teff, logg, m_h, alpha_m, logebv; median |pred / obs - 1| over stars
+  and tokens and the robust std of the flux z-scores (pred - obs) / sqrt(sigma^2 + err^2).
+
+Prints a table, writes JSON (every evaluation of every candidate, with the commands) and a PNG of each metric
+against training time::
+
+    python benchmarks/recipe_study.py --budget-min 25 --out benchmarks/results/recipe_study.json
+    python benchmarks/recipe_study.py --budget-min 1 --candidates small,coarse_tasks --val-stars 300   # a smoke run
+
+Run it on an otherwise idle machine: the candidates are compared by what they reach in the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stellarfm_jax.config import apply_overrides, load_config  # noqa: E402
+from stellarfm_jax.data import default_dataset_path, read_dataset  # noqa: E402
+from stellarfm_jax.evaluation import labels_to_spectra  # noqa: E402
+from stellarfm_jax.inference import StellarModel  # noqa: E402
+from stellarfm_jax.metrics import label_metrics, spectra_colour_inputs  # noqa: E402
+from stellarfm_jax.train import predictor, run_epoch, setup_run  # noqa: E402
+from stellarfm_jax.vocab import robust_scale  # noqa: E402
+
+CPU = ["train.micro_batch_size=32", "train.length_buckets=4"]
+# Template rows show whole token groups, but a length bucket caps its rows' context (sampling.py), so recipes
+# with templates run without buckets (micro-batches only).
+TASKS = ["train.length_buckets=1",
+         'train.task_probabilities=[["labels_to_spectrum",0.25],["spectrum_to_labels",0.25],["half_spectrum",0.1]]']
+COARSE = ["data.schema=xp_coarse"]
+WIDE = ["model.embedding_dim=96", "model.encoder_dense=384", "model.decoder_dense=768"]
+CANDIDATES = {
+    "small": ("small", ["data.schema=xp_sampled"] + CPU),
+    "small_tasks": ("small", ["data.schema=xp_sampled"] + CPU + TASKS),
+    "coarse": ("small", COARSE + CPU),
+    "coarse_tasks": ("small", COARSE + CPU + TASKS),
+    "coarse_tasks_d96": ("small", COARSE + CPU + TASKS + WIDE),
+    "coarse_tasks_enc4": ("small", COARSE + CPU + TASKS + ["model.encoder_blocks=4"]),
+    "coarse_tasks_r16": ("small", COARSE + CPU + TASKS + ["train.outputs_per_star=16"]),
+    "coarse_tasks_lr3e-3": ("small", COARSE + CPU + TASKS + ["train.learning_rate=3e-3"]),
+}
+LABELS = ("teff", "logg", "m_h")
+
+
+def evaluate(params, run, val) -> dict:
+    """The study's numbers for one set of parameters on the validation subset."""
+    vocab, spec = run.vocab, run.spec
+    out = label_metrics(predictor(params, spec), vocab, val.values, val.errors,
+                        spectra_colour_inputs(vocab, spec.config.context_length), [n for n in LABELS if n in vocab.names])
+    model = StellarModel.from_params(params, spec.config, vocab)
+    gen = labels_to_spectra(model, val)
+    a = gen["arrays"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (a["pred"] - a["observed"]) / np.sqrt(a["sigma"] ** 2 + np.nan_to_num(a["observed_error"]) ** 2)
+    out["gen_median_abs_frac"] = gen["median_abs_fractional_residual"]
+    out["gen_z_std"] = float(robust_scale(z[np.isfinite(z)]))
+    return out
+
+
+def study_one(name: str, base: str, overrides: list[str], budget_s: float, eval_every_s: float, val_stars: int,
+              log=print) -> dict:
+    config = apply_overrides(load_config(base), overrides)
+    dataset = read_dataset(default_dataset_path(schema=config.data.schema))
+    val = dataset.val.subset(slice(0, min(val_stars, len(dataset.val))))
+    probe = setup_run(config, dataset)
+    t0 = time.perf_counter()
+    run_epoch(probe, probe.state, 0)  # includes compilation: a slight under-estimate of the epochs that fit
+    epoch_s = time.perf_counter() - t0
+    epochs = max(1, int(budget_s / epoch_s))
+    config = apply_overrides(config, [f"train.epochs={epochs}", f"train.sgdr_period_epochs={epochs}"])
+    run = setup_run(config, dataset)
+    log(f"[{name}] probe epoch {epoch_s:.1f} s -> {epochs} epochs in {budget_s / 60:.0f} min")
+    state, trained_s, next_eval, curve = run.state, 0.0, eval_every_s, []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        state, metrics = run_epoch(run, state, epoch)
+        float(metrics["loss"])
+        trained_s += time.perf_counter() - t0
+        if trained_s >= next_eval or epoch + 1 == epochs:
+            record = {"epoch": epoch + 1, "train_s": trained_s, "loss": metrics["loss"], **evaluate(state.params, run, val)}
+            curve.append(record)
+            next_eval += eval_every_s
+            log(f"[{name}] epoch {epoch + 1}/{epochs} ({trained_s / 60:.1f} min): " + ", ".join(
+                f"{k}={record[k]:.4g}" for k in ("teff_scatter", "logg_scatter", "m_h_scatter", "gen_median_abs_frac",
+                                                 "gen_z_std") if k in record))
+    return {"name": name, "config": base, "overrides": overrides, "probe_epoch_s": epoch_s, "epochs": epochs,
+            "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(run.state.params))),
+            "final": curve[-1], "curve": curve,
+            "command": f"python -m stellarfm_jax.train --config {base} " + " ".join(f"--set '{o}'" for o in overrides)}
+
+
+def table(results: list[dict]) -> str:
+    cols = ("teff_scatter", "logg_scatter", "m_h_scatter", "teff_z_std", "gen_median_abs_frac", "gen_z_std")
+    lines = ["| candidate | params | epochs | " + " | ".join(cols) + " |", "|---|---:|---:|" + "---:|" * len(cols)]
+    for r in results:
+        f = r["final"]
+        lines.append(f"| {r['name']} | {r['parameters']:,} | {r['epochs']} | " +
+                     " | ".join("n/a" if k not in f else f"{f[k]:.4g}" for k in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: pathlib.Path) -> None:
+    from matplotlib.figure import Figure
+
+    keys = ("teff_scatter", "logg_scatter", "m_h_scatter", "gen_median_abs_frac")
+    fig = Figure(figsize=(12, 3.2))
+    for ax, key in zip(fig.subplots(1, len(keys)), keys):
+        for r in results:
+            pts = [(c["train_s"] / 60, c[key]) for c in r["curve"] if key in c]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=r["name"])
+        ax.set_xlabel("training minutes")
+        ax.set_title(key)
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--budget-min", type=float, default=25.0, help="training minutes per candidate")
+    p.add_argument("--eval-every-min", type=float, default=5.0, help="evaluate every this many training minutes")
+    p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names: " + ", ".join(CANDIDATES))
+    p.add_argument("--val-stars", type=int, default=1000, help="validation stars evaluated")
+    p.add_argument("--out", default="benchmarks/results/recipe_study.json")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        p.error(f"unknown candidates {unknown}; known: {list(CANDIDATES)}")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()} {platform.processor()} ({os.cpu_count()} cores)",
+              "budget_min": args.budget_min, "val_stars": args.val_stars, "results": []}
+    for name in names:
+        base, overrides = CANDIDATES[name]
+        record["results"].append(study_one(name, base, overrides, 60 * args.budget_min, 60 * args.eval_every_min,
+                                           args.val_stars))
+        out.write_text(json.dumps(record, indent=1))  # after every candidate: a killed study keeps what it measured
+        plot(record["results"], out.with_suffix(".png"))
+    print(table(record["results"]))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
