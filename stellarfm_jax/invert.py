@@ -48,6 +48,8 @@ def build_parser():
     p.add_argument("--prior", default="auto", metavar="auto|none|FILE.json",
                    help="prior over the free tokens: auto (the model's, else fitted on the train split of the "
                         "embedded data set), none (flat), or an InversionPrior JSON file")
+    p.add_argument("--steps", type=int, default=100, metavar="N", help="Adam iterations at most per start")
+    p.add_argument("--starts", type=int, default=3, metavar="N", help="starting points kept per star")
     p.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, metavar="N", help="stars read per chunk")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="stars per device call (default: 32 on a CPU, 1024 on an accelerator)")
@@ -74,7 +76,8 @@ def _columns(block_names: list[str], wanted: list[str], vocab, option: str) -> l
 
 def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: str = "test", free=None,
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
-                     batch_size: int | None = None, progress: bool = True) -> dict:
+                     batch_size: int | None = None, progress: bool = True, steps: int = 100,
+                     n_starts: int = 3) -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
     from .formats import atomic_file
@@ -83,8 +86,9 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
     t0 = time.perf_counter()
     input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
     check_paths(input_path, output_path)
-    if read_rows < 1:
-        raise cli.BadInputError(f"--read-rows must be >= 1, got {read_rows}")
+    for option, value in (("--read-rows", read_rows), ("--steps", steps), ("--starts", n_starts)):
+        if value < 1:
+            raise cli.BadInputError(f"{option} must be >= 1, got {value}")
     vocab = model.vocab
     try:
         free = default_free_names(vocab) if not free else list(vocab.names_of(vocab.ids(list(free))))
@@ -124,7 +128,7 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                                          None if err is None else err[rows], free=free,
                                          fixed=block.values[rows][:, fix_cols] if fix_cols else None,
                                          fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj,
-                                         chunk_size=batch_size)
+                                         chunk_size=batch_size, steps=steps, n_starts=n_starts)
                         except ValueError as e:
                             if isinstance(e, cli.UserError):
                                 raise
@@ -175,7 +179,8 @@ def main(argv=None) -> int:
         model = resolve_model(args.model)
         s = invert_catalogue(model, args.input, args.output, args.format, args.split, cli.split_list(args.free),
                              cli.split_list(args.observe) or ["spectrum"], cli.split_list(args.fixed), args.prior,
-                             args.read_rows, args.batch_size, progress=not args.no_progress)
+                             args.read_rows, args.batch_size, progress=not args.no_progress, steps=args.steps,
+                             n_starts=args.starts)
         print(f"inverted {s['stars']:,} stars -> {s['output']} in {s['seconds']:.1f} s ({s['stars_per_s']:,.2f} "
               f"stars/s; prior {s['prior']}); {s['flagged']:,} flagged (see the reason column), {s['no_data']:,} "
               f"without an observed value")
