@@ -427,6 +427,42 @@ def test_labels_to_spectra_with_the_emulator_side_by_side(tmp_path, monkeypatch)
     assert "model 0.1" in summary and "emulator 0.05" in summary
 
 
+def test_the_inversion_task_gets_the_emulator_and_reports_its_table(tmp_path, monkeypatch):
+    from stellarfm_jax.evaluation import emulator as em, inversion
+
+    data = _tiny_dataset(n=40)
+    fitted = []
+    monkeypatch.setattr(em, "fit_emulator", lambda *a, **k: fitted.append(_FakeEmulator(7)) or fitted[-1])
+    monkeypatch.setattr(em, "emulate", lambda e, labels: (np.ones((len(labels), 6)), np.ones((len(labels), 6))))
+    calls = []
+
+    def fake_inversion_task(model, dataset, split_data, *, n_stars, emulator, log):
+        calls.append((model, dataset, len(split_data), n_stars, emulator))
+        stats = {n: {"scatter": s, "bias": 0.5 * s, "z_std": 1.0, "coverage68": 0.7, "coverage95": 0.95}
+                 for n, s in (("teff", 100.0), ("logg", 0.25), ("m_h", 0.125))}
+        fwd = {n: dict(v, scatter=2 * v["scatter"]) for n, v in stats.items()}
+        return {"n_stars": n_stars, "free": ["teff", "logg", "m_h"], "prior": "flat", "seconds_per_star": 0.25,
+                "flagged": 1, "flagged_fraction": 0.2, "flag_reasons": {"edge": 1}, "methods": {"inversion": stats,
+                "forward": fwd}, "checks": {"teff": {"within_1.25x_forward": True}}, "arrays": {"x": np.zeros(3)}}
+
+    monkeypatch.setattr(inversion, "inversion_task", fake_inversion_task)
+    monkeypatch.setattr(inversion, "inversion_figure", lambda res, path: path.write_text(str(res["n_stars"])))
+    model = _FakeModel(data.vocab)
+    settings = ev.EvalSettings(tasks=("emulator", "inversion"), inversion_stars=5)
+    m = ev.run_evaluation(model, data, "test", tmp_path, settings, log=lambda *a: None)
+    assert calls == [(model, data, 40, 5, fitted[0])]  # the emulator task's emulator is the χ² reference
+    assert m["inversion"]["methods"]["inversion"]["teff"]["scatter"] == 100.0 and "arrays" not in m["inversion"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| inversion | teff | 100 | 50 | 1 | 0.700 | 0.950 |" in report  # inversion_table's row
+    assert "5 stars with APOGEE" in report and "1 flagged (20.0%; edge: 1)" in report
+    assert "teff: within_1.25x_forward True" in report
+    assert (tmp_path / "inversion.png").read_text() == "5"
+    assert ev.summary_lines(m)[-1] == ("inversion of 5 spectra, scatter vs APOGEE: teff 100 (forward 200), "
+                                       "logg 0.25 (forward 0.5), m_h 0.125 (forward 0.25)")
+    with pytest.raises(ValueError, match="'inversion' is selected but switched off: EvalSettings.inversion_stars is 0"):
+        ev.select_tasks(ev.EvalSettings.quick(tasks=("inversion",)))
+
+
 # ----------------------------------------------------------------------------- the shipped model on real stars
 @pytest.fixture(scope="module")
 def real():

@@ -4,7 +4,7 @@
 calibration), ``never_requested_outputs``, ``labels_to_spectra``, ``emulator`` (the Payne-style labels -> spectrum
 reference, side by side with the model in the labels -> spectrum section), ``spectral_sequences``,
 ``spectrum_to_spectrum``, ``extinction_curve``, ``extinction_in_data``, ``kiel_diagram``, ``attention_case``,
-``inversion`` (when :mod:`stellarfm_jax.evaluation.inversion` provides ``inversion_task``).
+``inversion`` (gradient inversion of real spectra, :mod:`stellarfm_jax.evaluation.inversion`; off in ``--quick``).
 
 Each task is a few small functions of the :class:`~stellarfm_jax.evaluation.registry.EvalContext` and one
 :func:`~stellarfm_jax.evaluation.registry.register` call; see :mod:`stellarfm_jax.evaluation.registry`.
@@ -378,9 +378,10 @@ register(Task(
     description="the attention maps of the paper's Figure 12 case"))
 
 
-# ----------------------------------------------------------------------------- inversion (helper module, optional)
+# ----------------------------------------------------------------------------- inversion
 def inversion_available() -> bool:
-    """Whether :mod:`stellarfm_jax.evaluation.inversion` exists (it provides ``inversion_task`` and ``inversion_figure``)."""
+    """Whether :mod:`stellarfm_jax.evaluation.inversion` (``inversion_task``, ``inversion_table``,
+    ``inversion_figure``) is present."""
     return importlib.util.find_spec(f"{__package__}.inversion") is not None
 
 
@@ -393,42 +394,44 @@ def _inversion_allowed(settings):
 
 
 def _inversion_run(ctx):
-    from . import inversion
+    from .inversion import inversion_task
 
-    emulator = ctx.results.get("emulator")
-    return inversion.inversion_task(ctx.model, ctx.dataset, ctx.data, n_stars=ctx.settings.inversion_stars,
-                                    emulator=None if emulator is None else emulator["emulator"], log=ctx.log)
+    emulator = ctx.results.get("emulator")  # its chi^2 fit is the classical reference, when the emulator task ran
+    return inversion_task(ctx.model, ctx.dataset, ctx.data, n_stars=ctx.settings.inversion_stars,
+                          emulator=None if emulator is None else emulator["emulator"], log=ctx.log)
 
 
 def _inversion_figures(ctx, res, out):
-    from . import inversion
+    from .inversion import inversion_figure
 
-    if hasattr(inversion, "inversion_figure"):
-        inversion.inversion_figure(res, out / "inversion.png")
-
-
-def _scalars(d, prefix=""):
-    """(dotted key, value) for every number in a nested dictionary (lists and ``arrays`` left out)."""
-    for k, v in d.items():
-        if k == "arrays":
-            continue
-        if isinstance(v, dict):
-            yield from _scalars(v, f"{prefix}{k}.")
-        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-            yield f"{prefix}{k}", v
+    inversion_figure(res, out / "inversion.png")
 
 
 def _inversion_section(m):
-    """The inversion module's own ``inversion_section(result) -> [lines]`` if it has one, else every number."""
-    from . import inversion
+    from .inversion import inversion_table
 
     res = m["inversion"]
-    if hasattr(inversion, "inversion_section"):
-        return inversion.inversion_section(res)
-    return ["## Gradient inversion of observed spectra", "",
-            *table(["quantity", "value"], [[k, fmt(float(v), 4)] for k, v in _scalars(res)]), ""]
+    reasons = "; ".join(f"{k}: {v}" for k, v in res.get("flag_reasons", {}).items()) or "none"
+    def text(v):
+        return str(v) if isinstance(v, bool) else fmt(v)
+
+    checks = "; ".join(f"{k}: " + (", ".join(f"{c} {text(x)}" for c, x in v.items()) if isinstance(v, dict) else text(v))
+                       for k, v in res.get("checks", {}).items())
+    return ["## Gradient inversion of observed spectra (vs the forward prediction and the emulator's χ² fit)", "",
+            f"{res['n_stars']} stars with APOGEE teff, logg and m_h; free {', '.join(res['free'])}; prior {res['prior']}; "
+            f"{res['seconds_per_star']:.3f} s per star; {res['flagged']} flagged ({res['flagged_fraction']:.1%}; {reasons}).",
+            "", inversion_table(res), "", f"Checks: {checks}.", ""]
+
+
+def _inversion_summary(m):
+    methods = m["inversion"]["methods"]
+    parts = [f"{name} {fmt(methods['inversion'][name]['scatter'])} (forward {fmt(methods['forward'][name]['scatter'])}"
+             + (f", emulator χ² {fmt(methods['emulator_chi2'][name]['scatter'])}" if "emulator_chi2" in methods else "") + ")"
+             for name in ("teff", "logg", "m_h") if name in methods["inversion"]]
+    return [f"inversion of {m['inversion']['n_stars']} spectra, scatter vs APOGEE: " + ", ".join(parts)]
 
 
 register(Task(
     "inversion", run=_inversion_run, figures=_inversion_figures, section=_inversion_section,
-    allowed=_inversion_allowed, description="gradient inversion of real spectra against APOGEE (and the emulator's χ² fit)"))
+    summary=_inversion_summary, allowed=_inversion_allowed,
+    description="gradient inversion of real spectra against APOGEE (and the emulator's χ² fit)"))
