@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from . import forward
+from .cli import BadFileError, BadInputError, MissingFileError
 from .config import ModelConfig
 from .forward import ModelSpec
 from .inference import StellarModel
@@ -61,11 +62,11 @@ class AdapterConfig:
 
     def validate(self) -> "AdapterConfig":
         if self.rank < 1:
-            raise ValueError(f"adapter rank must be >= 1, got {self.rank}")
+            raise BadInputError(f"adapter rank must be >= 1, got {self.rank}")
         if self.batch_size < 1 or self.epochs < 1 or self.outputs_per_star < 1:
-            raise ValueError("adapter batch_size, epochs and outputs_per_star must be >= 1")
+            raise BadInputError("adapter batch_size, epochs and outputs_per_star must be >= 1")
         if self.new_token_weight <= 0:
-            raise ValueError(f"new_token_weight must be > 0, got {self.new_token_weight}")
+            raise BadInputError(f"new_token_weight must be > 0, got {self.new_token_weight}")
         return self
 
     @property
@@ -199,13 +200,13 @@ def extend_vocabulary(base: Vocabulary, names, values: np.ndarray, groups=None) 
     names = tuple(names)
     clash = [n for n in names if n in base.names]
     if clash:
-        raise ValueError(f"tokens {clash} are already in the base model's vocabulary; a new token needs a new name")
+        raise BadInputError(f"tokens {clash} are already in the base model's vocabulary; a new token needs a new name")
     values = np.asarray(values, np.float64).reshape(-1, len(names))
     centre = np.nanmedian(values, axis=0)
     scale = robust_scale(values, axis=0)
     bad = [n for n, c, s in zip(names, centre, scale) if not (np.isfinite(c) and s > 0)]
     if bad:
-        raise ValueError(f"new tokens {bad} have no finite values or zero spread among the labelled stars")
+        raise BadInputError(f"new tokens {bad} have no finite values or zero spread among the labelled stars")
     groups = tuple(groups) if groups is not None else ("other",) * len(names)
     return Vocabulary(base.names + names, np.concatenate([base.centre, centre]), np.concatenate([base.scale, scale]),
                       base.outputs + names, base.groups + groups, base.schema)
@@ -275,13 +276,13 @@ def load_adapter(path, base) -> AdaptedModel:
     whose parameters differ from the one the adapter was trained on."""
     path = pathlib.Path(path)
     if not (path / "adapter.json").is_file() or not (path / "adapter.npz").is_file():
-        raise FileNotFoundError(f"{path} is not an adapter directory (adapter.json + adapter.npz)")
+        raise MissingFileError(f"{path} is not an adapter directory (adapter.json + adapter.npz)")
     info = json.loads((path / "adapter.json").read_text())
     if info.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path / 'adapter.json'} is not a {ADAPTER_FORMAT} file")
+        raise BadFileError(f"{path / 'adapter.json'} is not a {ADAPTER_FORMAT} file")
     base = base if isinstance(base, StellarModel) else StellarModel.load(base)
     if params_sha256(base.params) != info["base_fingerprint"]:
-        raise ValueError(f"the adapter in {path} was trained on a different base model (parameter fingerprint "
+        raise BadFileError(f"the adapter in {path} was trained on a different base model (parameter fingerprint "
                          f"{info['base_fingerprint'][:12]}..., this base {params_sha256(base.params)[:12]}...)")
     with np.load(path / "adapter.npz") as z:
         adapter = unflatten_params({key: z[key] for key in z.files})
@@ -298,7 +299,7 @@ def labelled_subset(values: np.ndarray, new_columns: list[int], max_stars: int, 
     """Row indices of at most ``max_stars`` stars (random, seeded) with every new token finite."""
     ok = np.flatnonzero(np.isfinite(values[:, new_columns]).all(axis=1))
     if ok.size == 0:
-        raise ValueError("no star has a finite value for every new token")
+        raise BadInputError("no star has a finite value for every new token")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(ok, size=min(max_stars, ok.size), replace=False))
 
@@ -322,21 +323,21 @@ def fine_tune(base: StellarModel, values: np.ndarray, errors: np.ndarray, names,
     max_padding = config.max_padding or int(base.metadata.get("config", {}).get("train", {}).get(
         "max_padding", base.context_length - 4))
     if not 1 <= max_padding < base.context_length:
-        raise ValueError(f"max_padding must lie in [1, context_length={base.context_length}), got {max_padding}")
+        raise BadInputError(f"max_padding must lie in [1, context_length={base.context_length}), got {max_padding}")
     config = dataclasses.replace(config, max_padding=max_padding)
     names, new_tokens = list(names), list(new_tokens)
     clash = [n for n in new_tokens if n in base.vocab.names]
     if clash:
-        raise ValueError(f"tokens {clash} are already in the base model's vocabulary; a new token needs a new name")
+        raise BadInputError(f"tokens {clash} are already in the base model's vocabulary; a new token needs a new name")
     missing = [n for n in new_tokens if n not in names]
     if missing:
-        raise ValueError(f"the data have no column for the new tokens {missing}")
+        raise BadInputError(f"the data have no column for the new tokens {missing}")
     unknown = [n for n in names if n not in base.vocab.names and n not in new_tokens]
     if unknown:
-        raise ValueError(f"columns {unknown} are neither base-model tokens nor new tokens")
+        raise BadInputError(f"columns {unknown} are neither base-model tokens nor new tokens")
     values, errors = np.asarray(values, np.float64), np.asarray(errors, np.float64)
     if values.shape != errors.shape or values.ndim != 2 or values.shape[1] != len(names):
-        raise ValueError(f"values and errors must both be [N, {len(names)}], got {values.shape} and {errors.shape}")
+        raise BadInputError(f"values and errors must both be [N, {len(names)}], got {values.shape} and {errors.shape}")
     new_cols = [names.index(n) for n in new_tokens]
     vocab = extend_vocabulary(base.vocab, new_tokens, values[:, new_cols], groups)
     # Columns in the extended vocabulary's order (a base token absent from the data stays missing).
