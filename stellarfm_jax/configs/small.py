@@ -1,5 +1,5 @@
-"""The CPU default: the model we can train on the ~32k-star real training split in about two hours on
-two CPU cores (the README's main command).
+"""The CPU default: the model we can train on the ~32k-star real training split in about 1.1 hours on
+two idle CPU cores (the README's main command).
 
 Choices against the paper config, and why:
 - D=64, 8 heads, dense 256 / 512: ~5x fewer FLOPs per star than the paper's model, so a CPU sees
@@ -10,6 +10,8 @@ Choices against the paper config, and why:
   of the requests while the labels are what users ask for most.
 - lr 1e-3 with one cosine cycle over the run (SGDR period = epochs), since the run is short.
 - no dropout: at this size and length the model under-fits rather than over-fits.
+- micro-batches of 32 and 4 length buckets: the CPU speed options (same objective); 150 epochs took 1.06 h of
+  epoch time on 2 idle cores (Zen 4, 2026-11-29; the shipped model's TRAINING.md).
 """
 
 from stellarfm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -30,6 +32,9 @@ def get_config() -> Config:
             output_weights=(("teff", 4.0), ("logg", 4.0), ("m_h", 4.0), ("alpha_m", 4.0), ("logebv", 4.0)),
             eval_every_epochs=5, checkpoint_every_epochs=5, keep_checkpoints=2, best_metric="label_scatter",
             val_max_stars=4096,
+            # CPU speed options (the same objective, docs/performance.md): gradient accumulation over
+            # cache-sized micro-batches and stratified padding with length buckets (~1.5-2x on 2 cores).
+            micro_batch_size=32, length_buckets=4,
         ),
         data=DataConfig(schema="xp_sampled"),
     )
