@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", default=None, help="our HDF5 data set (default: the embedded APOGEE x Gaia XP set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, default=em.EmulatorConfig().max_epochs)
-    parser.add_argument("--invert-stars", type=int, default=300)
+    parser.add_argument("--invert-stars", type=int, default=300, help="0: no inversion")
     parser.add_argument("--save", default=None, help="also write the fitted emulator to this directory")
     parser.add_argument("--load", default=None, help="measure this saved emulator instead of training one")
     parser.add_argument("--with-colours", action="store_true",
@@ -115,8 +115,8 @@ def main(argv=None) -> dict:
 
     inversion = {key: {"title": title, **invert(emulator, ds.vocab, ds.test, args.invert_stars, settings,
                                                 warm_up=key == "fixed")}
-                 for key, (title, settings) in INVERSIONS.items()}
-    if args.with_colours:  # a second emulator whose outputs are the flux tokens and the colours (bprp, jh, jk)
+                 for key, (title, settings) in INVERSIONS.items()} if args.invert_stars > 0 else {}
+    if args.with_colours and args.invert_stars > 0:  # a second emulator whose outputs are the flux tokens and the colours (bprp, jh, jk)
         outputs = ds.vocab.group_names("spectrum") + ds.vocab.group_names("colour")
         colour_emulator = em.fit_emulator(ds.vocab, ds.train.values, ds.train.errors, ds.val.values, ds.val.errors,
                                           flux_names=outputs, config=config, seed=args.seed)
