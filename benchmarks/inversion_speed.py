@@ -48,7 +48,10 @@ def main(argv=None) -> dict:
     keep = np.isfinite(obs).any(axis=1)
     obs, err = obs[keep], err[keep]
     t0 = time.perf_counter()
-    invert(model, obs[:8], flux, err[:8], prior=prior, chunk_size=args.batch_size)  # compile
+    from stellarfm_jax.forward import default_chunk_size
+
+    warm = min(len(obs), args.batch_size or default_chunk_size())
+    invert(model, obs[:warm], flux, err[:warm], prior=prior, chunk_size=args.batch_size)  # compile the chunk's program
     compile_s = time.perf_counter() - t0
     cpu0 = time.process_time()
     res = invert(model, obs, flux, err, prior=prior, chunk_size=args.batch_size, progress=True)

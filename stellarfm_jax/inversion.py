@@ -241,11 +241,11 @@ def neg_log_prior(theta, prior):
 class InversionSettings:
     """Static optimiser settings (hashable: part of the jit key)."""
 
-    steps: int = 100  # Adam iterations at most (per kept start)
+    steps: int = 30  # Adam iterations at most (per kept start)
     learning_rate: float = 0.05
-    n_starts: int = 3  # candidates kept for Adam
-    patience: int = 10  # Adam stops a start whose objective has not improved by 1e-4 for this many steps
-    newton_steps: int = 15
+    n_starts: int = 2  # candidates kept for Adam
+    patience: int = 5  # Adam stops a start whose objective has not improved by 1e-4 for this many steps
+    newton_steps: int = 10
     newton_xtol: float = 1e-4  # standardised units
 
     def __post_init__(self):
@@ -611,8 +611,8 @@ def _grid(free: list[str], prior_arrays: dict, prior: InversionPrior | None) -> 
 
 def invert(model, observed, observed_names: Sequence[str], observed_errors=None, *, free: Sequence[str] | None = None,
            fixed=None, fixed_names: Sequence[str] = (), prior="auto", prior_sigma: float | None = None,
-           steps: int = 100, learning_rate: float = 0.05, n_starts: int = 3, n_draws: int = 4, newton_steps: int = 15,
-           patience: int = 10, posterior_samples: int = 0, seed: int = 0, chunk_size: int | None = None,
+           steps: int = 30, learning_rate: float = 0.05, n_starts: int = 2, n_draws: int = 4, newton_steps: int = 10,
+           patience: int = 5, posterior_samples: int = 0, seed: int = 0, chunk_size: int | None = None,
            progress: bool = False) -> InversionResult:
     """Fit ``free`` input tokens of N stars to observed tokens (typically a spectrum); see the module docstring.
 

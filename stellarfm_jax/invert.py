@@ -48,8 +48,8 @@ def build_parser():
     p.add_argument("--prior", default="auto", metavar="auto|none|FILE.json",
                    help="prior over the free tokens: auto (the model's, else fitted on the train split of the "
                         "embedded data set), none (flat), or an InversionPrior JSON file")
-    p.add_argument("--steps", type=int, default=100, metavar="N", help="Adam iterations at most per start")
-    p.add_argument("--starts", type=int, default=3, metavar="N", help="starting points kept per star")
+    p.add_argument("--steps", type=int, default=30, metavar="N", help="Adam iterations at most per start")
+    p.add_argument("--starts", type=int, default=2, metavar="N", help="starting points kept per star")
     p.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, metavar="N", help="stars read per chunk")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="stars per device call (default: 32 on a CPU, 1024 on an accelerator)")
@@ -76,8 +76,8 @@ def _columns(block_names: list[str], wanted: list[str], vocab, option: str) -> l
 
 def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: str = "test", free=None,
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
-                     batch_size: int | None = None, progress: bool = True, steps: int = 100,
-                     n_starts: int = 3) -> dict:
+                     batch_size: int | None = None, progress: bool = True, steps: int = 30,
+                     n_starts: int = 2) -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
     from .formats import atomic_file
