@@ -14,10 +14,11 @@ adapters (:func:`decode_requests`). ``spec`` (a hashable :class:`ModelSpec`) is 
 
 All values are standardised (``Vocabulary.standardize``); outputs are float32 in standardised units.
 
-Batch-position independence: :func:`map_chunks` pads every chunk to a fixed row count (a power of two up to
-``chunk_size``) with all-padding rows, so a star goes through the same float32 program whatever its position
-within a chunk (the original's precision depended on the position, original_spec §9.8). Different chunk sizes
-compile different programs and may differ by float32 rounding (~1e-6).
+Batch-position independence: :func:`map_chunks` pads every chunk to a fixed row count (``chunk_size``; a
+catalogue smaller than one chunk to a power of two) with all-padding rows, so a star goes through the same
+float32 program whatever its position within and across chunks (the original's precision depended on the
+position, original_spec §9.8). Different chunk sizes compile different programs and may differ by float32
+rounding (~1e-6).
 """
 
 from __future__ import annotations
@@ -207,7 +208,9 @@ def map_chunks(fn: Callable, arrays: Sequence[np.ndarray], chunk_size: int | Non
     with a leading star axis) on the host.
 
     Each chunk is padded with zero rows (all-padding stars) to a fixed row count so that at most
-    log2(chunk_size) programs are compiled and a star's result does not depend on its position.
+    log2(chunk_size) programs are compiled and a star's result does not depend on its position: a catalogue
+    of more than ``chunk_size`` stars runs every chunk, the last one too, at ``chunk_size`` rows (one program,
+    so bit-for-bit the same answer at any position); a smaller one at the next power of two (>= 8) rows.
     """
     n = int(arrays[0].shape[0])
     chunk_size = default_chunk_size() if chunk_size is None else chunk_size
@@ -218,7 +221,7 @@ def map_chunks(fn: Callable, arrays: Sequence[np.ndarray], chunk_size: int | Non
     for start in range(0, max(n, 1), chunk_size):
         part = [np.asarray(a[start:start + chunk_size]) for a in arrays]
         m = part[0].shape[0]
-        rows = bucket_rows(m, chunk_size)
+        rows = bucket_rows(m, chunk_size) if n <= chunk_size else chunk_size
         if rows > m:
             part = [np.concatenate([p, np.zeros((rows - m,) + p.shape[1:], p.dtype)]) for p in part]
         out = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], fn(*part))

@@ -12,7 +12,13 @@ Decisions worth knowing:
   exactly R single calls, and faster).
 * All-missing stars are answered from the model's prior (the bias_kv slot is always attendable) and flagged
   ``prior_only``; their embedding is NaN (a mean over no tokens).
-* Padding, context overflow and out-of-range flags: see :mod:`stellarfm_jax.inputs`.
+* Never-trained outputs: a request for a token outside ``vocab.outputs`` (the paper withholds ``bprp`` and
+  ``jk`` as training outputs) raises :class:`UntrainedOutputError` listing the trained outputs: the model does
+  answer it, but with uncalibrated error bars (10-45x too small for the shipped model). ``allow_untrained=True``
+  answers anyway and flags it: ``res.untrained`` (the names) and a column ``res["<name>_untrained"]`` (True for
+  every star, so a written catalogue carries the flag per row).
+* Padding, context overflow, duplicate tokens, booleans, extreme values and out-of-range flags: see
+  :mod:`stellarfm_jax.inputs`.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from .config import ModelConfig
 # keeps working.
 from .forward import (CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, ModelSpec, attention_without_bias, decode,  # noqa: F401
                       default_chunk_size, encode, map_chunks, masked_mean_embedding, predict, predict_with_attention)
-from .inputs import OUT_OF_RANGE_Z, OVERFLOW_MODES, PreparedInputs, prepare_inputs, token_ids  # noqa: F401
+from .inputs import (EXTREME_MODES, MAX_ABS_Z, OUT_OF_RANGE_Z, OVERFLOW_MODES, PreparedInputs,  # noqa: F401
+                     UntrainedOutputError, prepare_inputs, request_ids, token_ids)
 from .saved_model import is_model_dir, load_model, save_model
-from .vocab import PAD_ID, Vocabulary
+from .vocab import Vocabulary
 
 
 # ====================================================================================== results
@@ -42,13 +49,16 @@ class Prediction:
 
     ``res["teff"]`` / ``res["teff_error"]`` are float64 [N] (error = sqrt(exp(logvar)) x token scale);
     ``res["prior_only"]`` bool [N] (no real input token: answered from the model's prior),
-    ``res["n_out_of_range"]`` int [N] (inputs outside the training range). ``attention`` holds the encoder and
-    decoder attention (see :func:`predict_with_attention`) when requested.
+    ``res["n_out_of_range"]`` int [N] (inputs outside the training range). ``untrained`` names the requested
+    tokens the model was never trained to output (only with ``request(..., allow_untrained=True)``), each with a
+    column ``res["<name>_untrained"]`` (bool [N], all True). ``attention`` holds the encoder and decoder
+    attention (see :func:`predict_with_attention`) when requested.
     """
 
     def __init__(self, names: Sequence[str], mean: np.ndarray, error: np.ndarray, prior_only: np.ndarray,
-                 n_out_of_range: np.ndarray, attention: dict | None = None):
+                 n_out_of_range: np.ndarray, attention: dict | None = None, untrained: Sequence[str] = ()):
         self.names = tuple(names)
+        self.untrained = tuple(untrained)
         self._columns: dict[str, np.ndarray] = {}
         for j, name in enumerate(self.names):
             self._columns[name] = np.asarray(mean[:, j], dtype=np.float64)
@@ -56,6 +66,8 @@ class Prediction:
             self._columns[f"{name}_error"] = np.asarray(error[:, j], dtype=np.float64)
         self._columns["prior_only"] = np.asarray(prior_only, dtype=bool)
         self._columns["n_out_of_range"] = np.asarray(n_out_of_range, dtype=np.int64)
+        for name in self.untrained:
+            self._columns[f"{name}_untrained"] = np.ones(len(self._columns["prior_only"]), dtype=bool)
         self.attention = attention
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -88,7 +100,8 @@ class Prediction:
         return pd.DataFrame(self._columns)
 
     def __repr__(self) -> str:
-        return f"Prediction({len(self)} stars, requests={list(self.names)})"
+        flag = f", untrained={list(self.untrained)}" if self.untrained else ""
+        return f"Prediction({len(self)} stars, requests={list(self.names)}{flag})"
 
 
 # ====================================================================================== object shell
@@ -111,7 +124,8 @@ class Perception:
 
     @property
     def out_of_range(self) -> np.ndarray:
-        """bool [N, T]: inputs outside the training range, aligned with :meth:`input_names`."""
+        """bool [N, T]: inputs outside the training range, aligned with :meth:`input_names` (values made missing
+        by ``extreme="missing"`` have no slot: they are counted in ``inputs.extreme``)."""
         return self.inputs.out_of_range
 
     def input_names(self) -> list[list[str]]:
@@ -123,25 +137,21 @@ class Perception:
         names = self.model.vocab.names_of(np.where(self.inputs.out_of_range, self.inputs.tokens, 0))
         return [[n for n in row if n != "[pad]"] for row in names]
 
-    def _request_ids(self, names) -> np.ndarray:
-        if isinstance(names, (str, int, np.integer)):
-            names = [names]
-        names = list(names)
-        ids = token_ids(self.model.vocab, names) if names else np.zeros(0, np.int32)
-        if ids.ndim != 1 or ids.size == 0:
-            raise ValueError(f"request names must be a non-empty list of token names or ids, got {names!r}")
-        if (ids == PAD_ID).any():
-            raise ValueError("cannot request the padding token (id 0)")
-        return ids
-
-    def request(self, names, return_attention: bool = False, progress: bool = False) -> Prediction:
+    def request(self, names, return_attention: bool = False, progress: bool = False,
+                allow_untrained: bool = False) -> Prediction:
         """Predict tokens ``names`` (one name, or a list of names or ids; all decoded in one call).
+
+        Only tokens the model was trained to output (``model.vocab.outputs``) may be requested: any other (the
+        paper's withheld ``bprp`` and ``jk``) raises :class:`UntrainedOutputError` listing the trained outputs,
+        because its answer and error bar are not calibrated. ``allow_untrained=True`` answers it anyway,
+        flagged in ``res.untrained`` and ``res["<name>_untrained"]``. Unknown names raise
+        :class:`~stellarfm_jax.vocab.UnknownTokenError` with the closest valid names.
 
         Returns a :class:`Prediction` in physical units; with ``return_attention`` its ``attention`` holds
         ``{"encoder": [block k: [N, h_k, T, T+1]], "decoder": [block k: [N, h_k, R, T+1]], "input_names",
         "request_names"}`` (bias slot last; see :func:`attention_without_bias`).
         """
-        ids = self._request_ids(names)
+        ids, untrained = request_ids(self.model.vocab, names, allow_untrained)
         model = self.model
         requests = jnp.asarray(ids)
         inp = self.inputs
@@ -156,7 +166,8 @@ class Perception:
                 "encoder": list(out[3]), "decoder": list(out[4]),
                 "input_names": self.input_names(), "request_names": model.vocab.names_of(ids),
             }
-        return Prediction(model.vocab.names_of(ids), mean, error, inp.prior_only, inp.out_of_range.sum(axis=1), attention)
+        return Prediction(model.vocab.names_of(ids), mean, error, inp.prior_only, inp.n_out_of_range, attention,
+                          untrained=model.vocab.names_of(ids[untrained]))
 
     def embedding(self, progress: bool = False) -> np.ndarray:
         """float32 [N, D]: masked mean of the encoder output over each star's real tokens (NaN if none)."""
@@ -174,7 +185,9 @@ class Perception:
 
     def attention(self) -> list[np.ndarray]:
         """Encoder attention, one [N, h_k, T, T+1] array per block (bias slot last)."""
-        return self.request([self.model.vocab.names[0]], return_attention=True).attention["encoder"]
+        first_output = self.model.vocab.outputs[0] if self.model.vocab.outputs else self.model.vocab.names[0]
+        request = self.request([first_output], return_attention=True, allow_untrained=True)  # decoder unused
+        return request.attention["encoder"]
 
 
 class StellarModel:
@@ -182,7 +195,7 @@ class StellarModel:
 
     >>> model = StellarModel.load("run/model")
     >>> p = model.perceive([[4700.0, 2.5], [5500.0, 4.2]], ["teff", "logg"])
-    >>> res = p.request(["m_h", "bp0"])
+    >>> res = p.request(["m_h", "jh"])
     >>> res["m_h"], res["m_h_error"]
     """
 
@@ -235,14 +248,22 @@ class StellarModel:
         fn = predict_with_attention if return_attention else predict
         return fn(self.params, values, tokens, requests, spec=self.spec)
 
-    def perceive(self, values, names=None, errors=None, *, overflow: str = "error",
-                 chunk_size: int | None = None) -> Perception:
-        """Validate and standardise the inputs of N stars.
+    def perceive(self, values, names=None, errors=None, *, overflow: str = "error", extreme: str = "error",
+                 chunk_size: int | None = None, star_offset: int = 0) -> Perception:
+        """Validate and standardise the inputs of N stars (see :func:`stellarfm_jax.inputs.prepare_inputs`).
 
         values: [N, n] or [n] numbers (NaN = missing), or a pandas DataFrame (its column names are the
         token names when ``names`` is None). names: n names or ids for every star, or [N, n] per star.
         errors: optional measurement errors of the values' shape (physical units), used by the ranking of
-        ``overflow="keep_informative"``.
+        ``overflow="keep_informative"`` (an error given as NaN or inf ranks last).
+
+        Refused with a :class:`~stellarfm_jax.cli.BadInputError` naming the star, column and token: unknown
+        names (with the closest valid ones), no names, the same token twice in one star, non-numeric or boolean
+        values, infinite values, more real tokens than the context length (unless
+        ``overflow="keep_informative"``), and values more than ``MAX_ABS_Z`` (1e6) robust standard deviations
+        from the training median, which would overflow the network into NaN (unless ``extreme="missing"``:
+        they become missing and count in ``n_out_of_range``). Values beyond the training range are flagged,
+        not refused. ``star_offset`` is added to star numbers in messages (a caller feeding chunks).
         """
         if names is None:
             if hasattr(values, "columns"):
@@ -252,7 +273,8 @@ class StellarModel:
         if hasattr(values, "to_numpy"):
             values = values.to_numpy()
         inputs = prepare_inputs(self.vocab, values, names, errors, context_length=self.context_length,
-                                overflow=overflow, token_range=self.token_range)
+                                overflow=overflow, token_range=self.token_range, extreme=extreme,
+                                star_offset=star_offset)
         return Perception(self, inputs, chunk_size)
 
     def invert(self, observed, observed_names, observed_errors=None, **kwargs):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from . import cli
-from .inference import CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, OVERFLOW_MODES
+from .inference import CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, EXTREME_MODES, OVERFLOW_MODES
 from .tables import DEFAULT_READ_ROWS, FORMATS, predict_catalogue
 
 DESCRIPTION = """Predict tokens for every star of a catalogue file (streamed in chunks, bounded memory).
@@ -47,6 +47,13 @@ def build_parser():
     p.add_argument("--overflow", default="error", choices=OVERFLOW_MODES,
                    help="what to do with a star that has more usable tokens than the model's context: refuse it, "
                         "or keep the most informative ones")
+    p.add_argument("--extreme", default="error", choices=EXTREME_MODES,
+                   help="what to do with a value more than 1e6 robust standard deviations from the training median "
+                        "(no measurement; it would overflow the network): refuse the file naming the star, or treat "
+                        "it as missing (counted in n_out_of_range)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="allow requesting tokens the model was never trained to output (e.g. bprp, jk): their "
+                        "error bars are not calibrated; each gets a <token>_untrained column")
     cli.add_progress_arg(p)
     return p
 
@@ -60,7 +67,8 @@ def main(argv=None) -> int:
         model = resolve_model(args.model)
         s = predict_catalogue(model, args.input, cli.split_list(args.request), args.output, args.format, args.split,
                               cli.split_list(args.inputs), args.keep_requested_inputs, args.read_rows,
-                              args.batch_size, args.overflow, progress=not args.no_progress, model_name=args.model)
+                              args.batch_size, args.overflow, progress=not args.no_progress, model_name=args.model,
+                              allow_untrained=args.allow_untrained, extreme=args.extreme)
         print(f"predicted {', '.join(s['request'])} for {s['stars']:,} stars -> {s['output']} in {s['seconds']:.1f} s "
               f"({s['stars_per_s']:,.0f} stars/s); {s['prior_only']:,} answered from the prior (no input), "
               f"{s['out_of_range']:,} with inputs outside the training range")

@@ -29,6 +29,7 @@ import numpy as np
 
 from .cli import BadFileError, BadInputError, MissingFileError
 from .formats import atomic_file
+from .inputs import request_ids
 
 DEFAULT_READ_ROWS = 65536
 ID_COLUMNS = ("source_id", "id")
@@ -320,7 +321,8 @@ def check_paths(input_path: pathlib.Path, output_path: pathlib.Path) -> None:
 def predict_catalogue(model, input_path, request: list[str], output_path, fmt: str = "auto", split: str = "test",
                       inputs: list[str] | None = None, keep_requested: bool = False,
                       read_rows: int = DEFAULT_READ_ROWS, batch_size: int | None = None, overflow: str = "error",
-                      progress: bool = True, model_name: str | None = None) -> dict:
+                      progress: bool = True, model_name: str | None = None, allow_untrained: bool = False,
+                      extreme: str = "error") -> dict:
     """Predict ``request`` for every star of ``input_path`` with ``model`` (a StellarModel) and write
     ``output_path`` atomically; returns a summary (stars, prior_only, out_of_range, seconds, stars_per_s, output).
 
@@ -334,7 +336,8 @@ def predict_catalogue(model, input_path, request: list[str], output_path, fmt: s
         raise BadInputError("no token requested (expected comma-separated token names)")
     if read_rows < 1:
         raise BadInputError(f"--read-rows must be >= 1, got {read_rows}")
-    model.vocab.ids(request)  # unknown requested names fail before any work, listing the closest names
+    # Unknown (listing the closest names) or never-trained requested names fail before any work.
+    request_ids(model.vocab, request, allow_untrained)
     fmt = detect_format(input_path) if fmt == "auto" else fmt
     blocks = read_blocks(input_path, fmt, model, split, read_rows)
     attrs = {"model": str(model_name or ""), "input": str(input_path), "request": json.dumps(request)}
@@ -356,8 +359,8 @@ def predict_catalogue(model, input_path, request: list[str], output_path, fmt: s
                     if n == 0:  # no stars: answer one empty star and keep no row, so the columns are still written
                         block = Block(block.names, np.full((1, len(block.names)), np.nan), None, block.ids)
                     perception = model.perceive(block.values, block.names, block.errors, overflow=overflow,
-                                                chunk_size=batch_size)
-                    result = perception.request(request)
+                                                extreme=extreme, chunk_size=batch_size, star_offset=n_stars)
+                    result = perception.request(request, allow_untrained=allow_untrained)
                     id_column = {"source_id": block.ids} if block.ids is not None else {
                         "row": np.arange(n_stars, n_stars + len(result), dtype=np.int64)}
                     columns = {k: np.asarray(v)[:n] for k, v in {**id_column, **result.to_dict()}.items()}

@@ -73,14 +73,16 @@ def paper_input_sets(vocab, context_length: int, train_values=None, train_errors
     return sets
 
 
-def predict_tokens(model, inputs, requests, chunk_size: int = 1024, progress: bool = False):
-    """Model predictions for [N, V] vocabulary-ordered inputs (NaN = not given).
+def predict_tokens(model, inputs, requests, chunk_size: int = 1024, progress: bool = False,
+                   allow_untrained: bool = False):
+    """Model predictions for [N, V] vocabulary-ordered inputs (NaN = not given); ``allow_untrained`` lets
+    ``requests`` hold tokens the model was never trained to output.
 
     Returns (mean [N, R], sigma [N, R]) float64 in physical units.
     """
     inputs = np.asarray(inputs, dtype=np.float64)
     perception = model.perceive(inputs, list(model.vocab.names), chunk_size=chunk_size)
-    res = perception.request(list(requests), progress=progress)
+    res = perception.request(list(requests), progress=progress, allow_untrained=allow_untrained)
     mean = np.stack([res[n] for n in requests], axis=1)
     sigma = np.stack([res[f"{n}_error"] for n in requests], axis=1)
     return mean, sigma

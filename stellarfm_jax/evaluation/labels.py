@@ -137,7 +137,8 @@ def never_requested_outputs(model, split, names=("bprp", "jk"), n_flux: int | No
     flux, _ = flux_tokens(vocab)
     inputs_names = evenly_spaced(flux, n_flux or model.context_length)
     iset = InputSet("flux_only", "flux tokens only", tuple(inputs_names))
-    pred, sigma = predict_tokens(model, masked_inputs(vocab, split.values, iset), names, chunk_size=chunk_size)
+    pred, sigma = predict_tokens(model, masked_inputs(vocab, split.values, iset), names, chunk_size=chunk_size,
+                                 allow_untrained=True)  # never trained as outputs: on purpose
     truth, truth_err = _truth(vocab, split, names)
     out = {"inputs": inputs_names, "trained_as_output": {n: n in vocab.outputs for n in names}}
     for j, name in enumerate(names):
