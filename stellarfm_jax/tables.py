@@ -277,6 +277,37 @@ class HDF5Writer:
         self.file.close()
 
 
+def write_table(output_path, blocks, answer, total: int | None = None, progress: bool = True, desc: str = "",
+                attrs: dict | None = None) -> int:
+    """Stream ``answer(block, first_row) -> {column: array [n]}`` over ``blocks`` into ``output_path`` (CSV or HDF5 by
+    its extension), atomically: a reader never sees a partial file and an error leaves none. A progress bar over
+    ``total`` stars goes to stderr. Returns the number of rows written."""
+    output_path = pathlib.Path(output_path)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="star", desc=desc, dynamic_ncols=True, file=sys.stderr)
+    n_rows = 0
+    try:
+        with atomic_file(output_path) as tmp:
+            writer = CSVWriter(tmp) if output_path.suffix.lower() == ".csv" else HDF5Writer(tmp, attrs or {})
+            try:
+                for block in blocks:
+                    columns = answer(block, n_rows)
+                    writer.write(columns)
+                    n = len(next(iter(columns.values())))
+                    n_rows += n
+                    if bar is not None:
+                        bar.update(n)
+            finally:
+                writer.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    return n_rows
+
+
 # ------------------------------------------------------------------------------------------ driver
 def select_inputs(block: Block, model, requested: list[str], inputs: list[str] | None,
                   keep_requested: bool) -> Block:
@@ -341,40 +372,26 @@ def predict_catalogue(model, input_path, request: list[str], output_path, fmt: s
     fmt = detect_format(input_path) if fmt == "auto" else fmt
     blocks = read_blocks(input_path, fmt, model, split, read_rows)
     attrs = {"model": str(model_name or ""), "input": str(input_path), "request": json.dumps(request)}
+    counts = {"prior_only": 0, "out_of_range": 0}
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def answer(block: Block, first_row: int) -> dict[str, np.ndarray]:
+        block = select_inputs(block, model, request, inputs, keep_requested)
+        n = block.values.shape[0]
+        if n == 0:  # no stars: answer one empty star and keep no row, so that the columns are still written
+            block = Block(block.names, np.full((1, len(block.names)), np.nan), None, block.ids)
+        result = model.perceive(block.values, block.names, block.errors, overflow=overflow, extreme=extreme,
+                                chunk_size=batch_size, star_offset=first_row).request(
+                                    request, allow_untrained=allow_untrained)
+        ids = {"source_id": block.ids} if block.ids is not None else {
+            "row": np.arange(first_row, first_row + len(result), dtype=np.int64)}
+        columns = {k: np.asarray(v)[:n] for k, v in {**ids, **result.to_dict()}.items()}
+        counts["prior_only"] += int(columns["prior_only"].sum())
+        counts["out_of_range"] += int((columns["n_out_of_range"] > 0).sum())
+        return columns
 
-        bar = tqdm(total=count_rows(input_path, fmt, split), unit="star", desc="predict", dynamic_ncols=True,
-                   file=sys.stderr)
-    n_stars = n_prior = n_flagged = 0
-    try:
-        with atomic_file(output_path) as tmp:
-            writer = CSVWriter(tmp) if output_path.suffix.lower() == ".csv" else HDF5Writer(tmp, attrs)
-            try:
-                for block in blocks:
-                    block = select_inputs(block, model, request, inputs, keep_requested)
-                    n = block.values.shape[0]
-                    if n == 0:  # no stars: answer one empty star and keep no row, so the columns are still written
-                        block = Block(block.names, np.full((1, len(block.names)), np.nan), None, block.ids)
-                    perception = model.perceive(block.values, block.names, block.errors, overflow=overflow,
-                                                extreme=extreme, chunk_size=batch_size, star_offset=n_stars)
-                    result = perception.request(request, allow_untrained=allow_untrained)
-                    id_column = {"source_id": block.ids} if block.ids is not None else {
-                        "row": np.arange(n_stars, n_stars + len(result), dtype=np.int64)}
-                    columns = {k: np.asarray(v)[:n] for k, v in {**id_column, **result.to_dict()}.items()}
-                    writer.write(columns)
-                    n_stars += n
-                    n_prior += int(columns["prior_only"].sum())
-                    n_flagged += int((columns["n_out_of_range"] > 0).sum())
-                    if bar is not None:
-                        bar.update(n)
-            finally:
-                writer.close()
-    finally:
-        if bar is not None:
-            bar.close()
+    n_stars = write_table(output_path, blocks, answer, total=count_rows(input_path, fmt, split) if progress else None,
+                          progress=progress, desc="predict", attrs=attrs)
+    n_prior, n_flagged = counts["prior_only"], counts["out_of_range"]
     seconds = time.perf_counter() - t0
     return {"stars": n_stars, "prior_only": n_prior, "out_of_range": n_flagged, "seconds": seconds,
             "stars_per_s": n_stars / seconds if seconds > 0 else float("nan"), "output": str(output_path),
