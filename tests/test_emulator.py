@@ -129,6 +129,9 @@ def test_deterministic_per_seed(synthetic):
     assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
     assert a.info["val_nll"] == b.info["val_nll"]
     assert not np.array_equal(leaves(a)[0], leaves(c)[0])
+    d = em.fit_emulator(vocab, train[0][:500], train[1][:500], val[0], val[1], label_names=LABELS, config=TINY,
+                        seed=jax.random.key(0))  # a typed key is the same as its seed
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(d)))
 
 
 def test_missing_labels_and_flux(synthetic):

@@ -234,14 +234,14 @@ def _prepare(vocab, values, errors, label_names, flux_names, logebv_floor, name)
 
 
 def fit_emulator(vocab, train_values, train_errors, val_values, val_errors, label_names=EMULATOR_LABELS,
-                 flux_names=None, config: EmulatorConfig = EmulatorConfig(), seed: int = 0, log=None) -> Emulator:
+                 flux_names=None, config: EmulatorConfig = EmulatorConfig(), seed=0, log=None) -> Emulator:
     """Train an emulator on ``train`` and early-stop it on ``val``.
 
     ``*_values`` / ``*_errors``: [N, V] physical units in vocabulary order (NaN = missing), e.g. a data set split's
     ``values`` / ``errors``. ``flux_names``: the output tokens (default: the vocabulary's ``spectrum`` group). Stars
     with a missing label (or logebv at ``config.logebv_floor``) are left out; a missing flux token is masked out of
-    the loss. Deterministic for a given ``seed`` (the initialisation and every epoch's permutation come from
-    ``jax.random.key(seed)``). ``log``: optional ``print``-like callable for one line per epoch."""
+    the loss. Deterministic for a given ``seed`` (an int, or a typed ``jax.random.key``: the initialisation and
+    every epoch's permutation come from it). ``log``: optional ``print``-like callable for one line per epoch."""
     label_names = tuple(label_names)
     flux_names = tuple(vocab.group_names("spectrum") if flux_names is None else flux_names)
     if not flux_names:
@@ -254,7 +254,8 @@ def fit_emulator(vocab, train_values, train_errors, val_values, val_errors, labe
     val, _, n_val = _prepare(vocab, val_values, val_errors, label_names, flux_names, config.logebv_floor, "val")
     batch_size = min(config.batch_size, n_train)
     optimizer = _optimizer(config, n_train // batch_size)
-    key_init, key_epochs = jax.random.split(jax.random.key(seed))
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(int(seed))
+    key_init, key_epochs = jax.random.split(key)
     params = init_emulator_params(key_init, len(label_names), len(flux_names), config.hidden, config.logvar_init)
     opt_state = optimizer.init(params)
     best_params, best_val, best_epoch = params, float("inf"), -1
@@ -280,7 +281,8 @@ def fit_emulator(vocab, train_values, train_errors, val_values, val_errors, labe
     label_ids = vocab.ids(list(label_names))
     flux_ids = vocab.ids(list(flux_names))
     info = {"epochs": len(val_curve), "best_epoch": best_epoch, "best_val_nll": best_val, "train_nll": train_curve,
-            "val_nll": val_curve, "seconds": seconds, "n_train": n_train, "n_val": n_val, "seed": int(seed),
+            "val_nll": val_curve, "seconds": seconds, "n_train": n_train, "n_val": n_val,
+            "seed": None if isinstance(seed, jax.Array) else int(seed),
             "schema": vocab.schema}
     return Emulator(
         params=jax.tree.map(np.asarray, best_params), label_names=label_names, flux_names=flux_names,
