@@ -20,16 +20,17 @@ a missing label.
 inversion issue; alpha_m fixed, by default at the training median, or per star) to observed flux tokens by
 minimising ``0.5 * chi^2`` with ``chi^2 = sum_j (y_j - mu_j)^2 / V_j`` and ``V_j = err_j^2 + s_j^2``: ``s_j^2`` is
 the emulator's own error on token j, either its median predicted variance over the training labels, a per-token
-constant (``model_error="fixed"``, the default: The Payne's practice of adding the emulator's typical error to the
-observed one), none (``"none"``, observed errors alone), or its prediction at the fitted labels (``"predicted"``,
+constant (``model_error="fixed"``, the default: the usual practice of adding the emulator's typical error to
+the observed one), none (``"none"``, observed errors alone), or its prediction at the fitted labels (``"predicted"``,
 then ``+ 0.5 * sum_j ln V_j``: the Gaussian NLL, the model's own inversion objective). On the real test split the
 fixed floor gives calibrated errors where the observed errors alone give 4-5x too small ones, and the predicted
 variance pulls the fits towards labels where the emulator claims to be precise (docs/evaluation.md). An optional
 Gaussian prior over the free labels, fitted on the training labels (``prior=True``), adds
 ``0.5 * (theta - m)^T C^-1 (theta - m)``. Projected Adam (labels kept inside the emulator's training range) from
 several starts per star (a teff x logg grid over the training quantiles, the other free labels at the training
-median; its centre is the training median), all stars x starts in one vmapped, jitted call; the best start is polished by damped Newton steps; the Laplace covariance is
-the inverse Hessian of the objective at the optimum. A Hessian that is not positive definite is regularised
+median; its centre is the training median), all stars x starts in one vmapped, jitted call; the best start is
+polished by damped Newton steps; the Laplace covariance is the inverse Hessian of the objective at the optimum.
+A Hessian that is not positive definite is regularised
 (eigenvalues floored) and flagged; an optimum at the edge of the training range is flagged: never a silent NaN.
 """
 
