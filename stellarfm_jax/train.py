@@ -15,6 +15,7 @@ import json
 import pathlib
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -270,7 +271,7 @@ class _Interrupt:
         self._previous = None
 
     def __enter__(self):
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, nobody else handling it
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -291,8 +292,18 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
 
     Returns the final parameters with the vocabulary and the per-evaluation history. Ctrl-C stops at the next
     device call (seconds), checkpoints the last finished epoch and returns with ``interrupted=True``; running
-    the same command again resumes from there.
+    the same command again resumes from there. A workdir is held by one run at a time
+    (:func:`stellarfm_jax.formats.workdir_lock`: a second run is refused naming the first).
     """
+    if workdir is None:
+        return _fit(config, dataset, None, progress, log)
+    from .formats import workdir_lock
+
+    with workdir_lock(workdir, log=log):
+        return _fit(config, dataset, workdir, progress, log)
+
+
+def _fit(config: Config, dataset: Dataset, workdir, progress: bool, log) -> TrainResult:
     run = setup_run(config, dataset)
     mcfg, tcfg = config.model, config.train
     vocab, spec, state = run.vocab, run.spec, run.state
@@ -489,12 +500,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        from .formats import workdir_lock
-
         config = apply_overrides(load_config(args.config), args.overrides)
         dataset = load_training_data(config, args.data)
-        with workdir_lock(args.workdir, log=print):
-            result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
+        result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
         if result.interrupted:
             return 130
         last = result.history[-1] if result.history else {}

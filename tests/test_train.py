@@ -218,3 +218,59 @@ def test_epoch_in_several_calls_equals_one_call():
     _params_close(a.params, b.params, atol=1e-6)
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
 
+
+
+def test_ctrl_c_stops_within_a_call_checkpoints_the_last_epoch_and_resumes(synthetic, tmp_path):
+    """SIGINT during training: fit returns within one device call with interrupted=True, the last finished
+    epoch is checkpointed (whatever checkpoint_every_epochs says), and the same run resumes from it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from stellarfm_jax.checkpoint import Checkpointer
+
+    work = tmp_path / "work"
+    cfg = tiny("train.epochs=500", "train.checkpoint_every_epochs=1000", "train.eval_every_epochs=1000",
+               "train.batch_size=16")
+    metrics = work / "metrics.jsonl"
+
+    def interrupt_after_two_epochs():
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_two_epochs, daemon=True).start()
+    messages = []
+    t0 = time.perf_counter()
+    result = fit(cfg, synthetic, workdir=work, log=messages.append)
+    assert result.interrupted and 2 <= len(result.history) < 500
+    done = result.history[-1]["epoch"]
+    assert Checkpointer(work / "checkpoints", keep=3).steps()[-1] == done
+    assert any("interrupted" in m and "resume" in m for m in messages), messages
+    assert not (work / "model").exists()
+    print(f"stopped after epoch {done} in {time.perf_counter() - t0:.1f} s")
+    # The same run, now to two more epochs, resumes from the checkpoint and finishes.
+    resumed = fit(apply_overrides(cfg, [f"train.epochs={done + 2}"]), synthetic, workdir=work, log=messages.append)
+    assert not resumed.interrupted and [h["epoch"] for h in resumed.history] == list(range(1, done + 3))
+    assert (work / "model").exists()
+
+
+def test_a_second_run_on_a_held_workdir_is_refused(synthetic, tmp_path):
+    """Two trainings on one workdir: the second is refused naming the first (before any training)."""
+    import subprocess
+    import sys
+
+    from stellarfm_jax.cli import WorkdirLockedError
+
+    work = tmp_path / "work"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom stellarfm_jax.formats import workdir_lock\n"
+                               "with workdir_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+                               str(work)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirLockedError, match=f"pid {holder.pid}"):
+            fit(tiny(), synthetic, workdir=work, **QUIET)
+    finally:
+        holder.kill()
+        holder.wait()
