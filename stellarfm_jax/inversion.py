@@ -692,7 +692,11 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         mean, logvar, _ = forward.predict(model.params, values, tokens, jnp.asarray(free_ids), spec=model.spec)
         return mean, logvar
 
-    f_mean, f_logvar = map_chunks(forward_chunk, [context.values, context.tokens], chunk)
+    chunk = max(int(chunk), 8)
+    pad = (-n) % chunk  # see below: every device call has the same row count
+    padded = lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a  # noqa: E731
+    f_mean, f_logvar = map_chunks(forward_chunk, [padded(context.values), padded(context.tokens)], chunk)
+    f_mean, f_logvar = np.asarray(f_mean)[:n], np.asarray(f_logvar)[:n]
     f_sigma = np.exp(0.5 * np.asarray(f_logvar, np.float64))
     f_mean = np.asarray(f_mean, np.float64)
     f_scale, f_centre = vocab.scale_by_id[free_ids], vocab.centre_by_id[free_ids]
@@ -721,7 +725,13 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         return invert_batch(model.params, prior_j, dict(zip(keys, arrays)), cands.astype(np.float32),
                             spec=model.spec, settings=settings)
 
+    # Every chunk has the same row count (padding stars have no observed token), so every star goes through the
+    # same compiled program whatever the number of stars: a star's fit is bit for bit its fit alone.
+    if pad:
+        candidates = np.concatenate([candidates, np.zeros((pad,) + candidates.shape[1:], candidates.dtype)])
+        problems = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in problems.items()}
     out = map_chunks(run, [candidates] + [problems[k] for k in keys], chunk, progress=progress, desc="inverting")
+    out = {k: np.asarray(v)[:n] for k, v in out.items()}
     theta = np.asarray(out["theta"], np.float64)
     chex.assert_shape(theta, (n, len(free)))
     cov_z = np.asarray(out["covariance"], np.float64)
@@ -742,7 +752,10 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
             return importance_batch(model.params, prior_j, dict(zip(keys, arrays)), th.astype(np.float32),
                                     cv.astype(np.float32), eps_s, spec=model.spec)
 
-        s_z, log_weights = map_chunks(sample_chunk, [theta, cov_z] + [problems[k] for k in keys], chunk)
+        th_pad = np.concatenate([theta, np.zeros((pad, len(free)))])
+        cov_pad = np.concatenate([cov_z, np.broadcast_to(np.eye(len(free)), (pad, len(free), len(free)))])
+        s_z, log_weights = map_chunks(sample_chunk, [th_pad, cov_pad] + [problems[k] for k in keys], chunk)
+        s_z, log_weights = np.asarray(s_z)[:n], np.asarray(log_weights)[:n]
         samples = np.asarray(s_z, np.float64) * f_scale + f_centre
         log_weights = np.asarray(log_weights, np.float64)
         ess = 1.0 / np.sum(np.exp(2 * log_weights), axis=1) / posterior_samples

@@ -17,6 +17,7 @@ vs APOGEE and the z histograms.
 from __future__ import annotations
 
 import collections
+import re
 import time
 
 import numpy as np
@@ -25,6 +26,15 @@ from ..inversion import InversionPrior, default_free_names, invert
 from .common import calibration_stats, masked_inputs, paper_input_sets, predict_tokens, residual_stats
 
 HEADLINE = ("teff", "logg", "m_h")
+
+
+def reason_counts(reasons) -> dict:
+    """How many stars carry each reason (a star may have several; numbers such as the ridge size are dropped)."""
+    counts = collections.Counter()
+    for r in reasons:
+        for part in filter(None, str(r).split("; ")):
+            counts[re.sub(r"ridge [-+.0-9e]+ added", "ridge added", part)] += 1
+    return dict(counts.most_common())
 
 
 def _method_stats(values, errors, truth, truth_err) -> dict:
@@ -64,7 +74,7 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     result = {"n_stars": int(len(stars)), "free": list(free), "prior": fit.prior, "seconds": seconds,
               "seconds_per_star": seconds / max(len(stars), 1), "flagged": int(fit.flagged.sum()),
               "flagged_fraction": float(fit.flagged.mean()) if len(stars) else float("nan"),
-              "flag_reasons": dict(collections.Counter(r for r in fit.reason if r)),
+              "flag_reasons": reason_counts(fit.reason),
               "nan_errors_without_flag": int((~np.isfinite(fit.errors).all(axis=1) & ~fit.flagged).sum()),
               "methods": {}}
     result["methods"]["inversion"] = _method_stats(fit.values[:, head], fit.errors[:, head], truth, truth_err)
@@ -87,7 +97,7 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
         result["methods"]["emulator_chi2"] = _method_stats(chi2.values[:, ehead], chi2.errors[:, ehead], truth,
                                                            truth_err)
         result["emulator"] = {"seconds": chi2.seconds, "flagged": int(chi2.flagged.sum()),
-                              "flag_reasons": dict(collections.Counter(r for r in chi2.reason if r))}
+                              "flag_reasons": reason_counts(chi2.reason)}
         arrays.update(emulator_chi2=chi2.values[:, ehead], emulator_chi2_err=chi2.errors[:, ehead])
 
     fwd = result["methods"]["forward"]
