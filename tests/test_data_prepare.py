@@ -415,3 +415,20 @@ def test_default_dataset_made_by_older_data_code_is_not_reused(tmp_path, monkeyp
     with pytest.raises(ValueError, match="cannot make the 'paper' schema"):
         default_dataset_path("paper", cache_dir=tmp_path)
     assert capsys.readouterr().out == "" and made == ["xp_coarse"] * 2  # refused before anything is prepared
+
+
+def test_a_data_file_with_fewer_columns_than_its_vocabulary_names_the_file_and_shapes(tmp_path):
+    """An edited HDF5 whose value/error arrays lost a column: one error naming the file, split and shapes."""
+    from stellarfm_jax.synthetic import make_synthetic_dataset
+
+    path = tmp_path / "d.h5"
+    data = make_synthetic_dataset(200, seed=0)
+    write_dataset(path, data)
+    with h5py.File(path, "a") as f:
+        for name in ("values", "errors"):
+            cut = f["train"][name][:, :-1]
+            del f["train"][name]
+            f["train"][name] = cut
+    v = data.vocab.size
+    with pytest.raises(DatasetFormatError, match=rf"d\.h5: split '/train' has values \(160, {v - 1}\).*expected \[N, {v}\]"):
+        read_dataset(path)
