@@ -47,13 +47,14 @@ def _method_stats(values, errors, truth, truth_err) -> dict:
 
 
 def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=None, prior="fit", log=print,
-                   seed: int = 0, chunk_size: int | None = None) -> dict:
+                   seed: int = 0, chunk_size: int | None = None, **invert_options) -> dict:
     """Inversion of ``n_stars`` stars of ``split_data`` (a data set split) with APOGEE teff, logg, m_h.
 
     ``prior``: "fit" (default: :meth:`InversionPrior.fit` on ``dataset.train``), or anything
     :func:`stellarfm_jax.inversion.invert` accepts. ``emulator``: an
     :class:`stellarfm_jax.evaluation.emulator.Emulator` whose flux tokens are in the vocabulary (None: no classical
-    reference). Returns a JSON-able dict (``arrays`` holds the per-star arrays for the figure)."""
+    reference). ``invert_options`` go to :func:`stellarfm_jax.inversion.invert` (e.g. ``newton_steps``). Returns a
+    JSON-able dict (``arrays`` holds the per-star arrays for the figure)."""
     vocab = model.vocab
     cols = vocab.ids(list(HEADLINE)) - 1
     truth_all = split_data.values[:, cols].astype(np.float64)
@@ -66,7 +67,7 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     if isinstance(prior, str) and prior == "fit":
         prior = InversionPrior.fit(dataset.train.values, vocab, free, seed=seed)
     t0 = time.perf_counter()
-    fit = invert(model, obs, flux, err, free=free, prior=prior, seed=seed, chunk_size=chunk_size)
+    fit = invert(model, obs, flux, err, free=free, prior=prior, seed=seed, chunk_size=chunk_size, **invert_options)
     seconds = time.perf_counter() - t0
     log(f"[inversion] {len(stars)} stars in {seconds:.1f} s ({seconds / max(len(stars), 1):.3f} s/star), "
         f"{int(fit.flagged.sum())} flagged")
