@@ -19,8 +19,7 @@ import time
 import numpy as np
 
 from . import cli
-from .tables import (DEFAULT_READ_ROWS, FORMATS, CSVWriter, HDF5Writer, check_paths, count_rows, detect_format,
-                     read_blocks)
+from .tables import DEFAULT_READ_ROWS, FORMATS, check_paths, count_rows, detect_format, read_blocks, write_table
 
 DESCRIPTION = """Fit free tokens (default teff, logg, m_h, logebv) to every star of a catalogue by differentiable
 inversion of the model (candidates from its own forward prediction, a prior fitted on the training split, Adam then
@@ -80,7 +79,6 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                      n_starts: int = 2) -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
-    from .formats import atomic_file
     from .inversion import default_free_names, invert, resolve_prior
 
     t0 = time.perf_counter()
@@ -99,60 +97,45 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
     except ValueError as err:
         raise cli.BadInputError(str(err)) from err
     fmt = detect_format(input_path) if fmt == "auto" else fmt
-    bar = None
-    if progress:
-        from .forward import progress_bar
+    counts = dict(flagged=0, fitted=0, no_data=0)
 
-        bar = progress_bar(count_rows(input_path, fmt, split) or 0, "invert")
-    n_stars = n_flagged = n_fitted = n_empty = 0
-    try:
-        with atomic_file(output_path) as tmp:
-            writer = CSVWriter(tmp) if output_path.suffix.lower() == ".csv" else HDF5Writer(
-                tmp, {"model": str(getattr(model, "name", "")), "input": str(input_path), "prior": prior_text})
+    def answer(block, first_row):
+        obs_cols = _columns(block.names, list(observe), vocab, "--observe")
+        clash = [n for n in free if n in [block.names[j] for j in obs_cols]]
+        if clash:
+            raise cli.BadInputError(f"free tokens {clash} are also observed; drop them from --observe")
+        fix_cols = _columns(block.names, list(fixed), vocab, "--fixed") if fixed else []
+        n = block.values.shape[0]
+        obs = block.values[:, obs_cols]
+        err = None if block.errors is None else block.errors[:, obs_cols]
+        columns = _empty_columns(free, n)
+        rows = np.flatnonzero(np.isfinite(obs).any(axis=1))
+        if len(rows):
             try:
-                for block in read_blocks(input_path, fmt, model, split, read_rows):
-                    obs_cols = _columns(block.names, list(observe), vocab, "--observe")
-                    clash = [n for n in free if n in [block.names[j] for j in obs_cols]]
-                    if clash:
-                        raise cli.BadInputError(f"free tokens {clash} are also observed; drop them from --observe")
-                    fix_cols = _columns(block.names, list(fixed), vocab, "--fixed") if fixed else []
-                    n = block.values.shape[0]
-                    obs = block.values[:, obs_cols]
-                    err = None if block.errors is None else block.errors[:, obs_cols]
-                    has_data = np.isfinite(obs).any(axis=1)
-                    columns = _empty_columns(free, n)
-                    rows = np.flatnonzero(has_data)
-                    if len(rows):
-                        try:
-                            res = invert(model, obs[rows], [block.names[j] for j in obs_cols],
-                                         None if err is None else err[rows], free=free,
-                                         fixed=block.values[rows][:, fix_cols] if fix_cols else None,
-                                         fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj,
-                                         chunk_size=batch_size, steps=steps, n_starts=n_starts)
-                        except ValueError as e:
-                            if isinstance(e, cli.UserError):
-                                raise
-                            raise cli.BadInputError(str(e)) from e
-                        for key, value in res.to_dict().items():
-                            columns[key][rows] = value
-                    ids = {"source_id": block.ids} if block.ids is not None else {
-                        "row": np.arange(n_stars, n_stars + n, dtype=np.int64)}
-                    columns = {**ids, **columns}
-                    columns["reason"] = columns["reason"].astype(str)
-                    writer.write(columns)
-                    n_stars += n
-                    n_fitted += len(rows)
-                    n_empty += n - len(rows)
-                    n_flagged += int(columns["flagged"].sum())
-                    if bar is not None:
-                        bar.update(n)
-            finally:
-                writer.close()
-    finally:
-        if bar is not None:
-            bar.close()
+                res = invert(model, obs[rows], [block.names[j] for j in obs_cols], None if err is None else err[rows],
+                             free=free, fixed=block.values[rows][:, fix_cols] if fix_cols else None,
+                             fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj, chunk_size=batch_size,
+                             steps=steps, n_starts=n_starts)
+            except cli.UserError:
+                raise
+            except ValueError as e:
+                raise cli.BadInputError(str(e)) from e
+            for key, value in res.to_dict().items():
+                columns[key][rows] = value
+        ids = {"source_id": block.ids} if block.ids is not None else {
+            "row": np.arange(first_row, first_row + n, dtype=np.int64)}
+        columns = {**ids, **columns}
+        columns["reason"] = columns["reason"].astype(str)
+        counts["fitted"] += len(rows)
+        counts["no_data"] += n - len(rows)
+        counts["flagged"] += int(columns["flagged"].sum())
+        return columns
+
+    n_stars = write_table(output_path, read_blocks(input_path, fmt, model, split, read_rows), answer,
+                          total=count_rows(input_path, fmt, split), progress=progress, desc="invert",
+                          attrs={"input": str(input_path), "prior": prior_text})
     seconds = time.perf_counter() - t0
-    return {"stars": n_stars, "fitted": n_fitted, "flagged": n_flagged, "no_data": n_empty, "seconds": seconds,
+    return {"stars": n_stars, **counts, "seconds": seconds,
             "stars_per_s": n_stars / seconds if seconds > 0 else float("nan"), "output": str(output_path),
             "prior": prior_text}
 
