@@ -16,7 +16,7 @@ def resolve_model(spec):
 def pretrained(name: str = "small"):
     """The model shipped inside the package (``stellarfm_jax/models/<name>/``, with its ``TRAINING.md``) as a
     :class:`stellarfm_jax.inference.StellarModel`."""
-    from .cli import MissingFileError
+    from .errors import MissingFileError
     from .saved_model import SHIPPED_MODELS_DIR, shipped_model_names
 
     if name not in shipped_model_names():

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from . import forward
-from .cli import BadFileError, BadInputError, MissingFileError
+from .errors import BadFileError, BadInputError, MissingFileError
 from .config import ModelConfig
 from .forward import ModelSpec
 from .inference import StellarModel

@@ -18,7 +18,7 @@ import pathlib
 import typing
 from dataclasses import dataclass, field
 
-from .cli import BadConfigError, MissingFileError
+from .errors import BadConfigError, MissingFileError
 from .configs import BUILTIN as BUILTIN_CONFIGS
 
 

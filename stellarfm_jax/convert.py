@@ -32,7 +32,7 @@ import numpy as np
 
 from . import __version__
 from . import cli
-from .cli import BadFileError, MissingFileError, OutputExistsError, require
+from .errors import BadFileError, MissingFileError, OutputExistsError, require
 from .config import ModelConfig
 from .formats import sha256_file
 from .saved_model import flatten_params, load_model, resolve_model_dir, save_model, unflatten_params

@@ -27,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from .cli import BadFileError, WorkdirLockedError
+from .errors import BadFileError, WorkdirLockedError
 
 LOCK_NAME = ".lock"
 

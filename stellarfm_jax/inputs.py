@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli import BadInputError
+from .errors import BadInputError
 from .vocab import PAD_ID, Vocabulary
 
 OUT_OF_RANGE_Z = 10.0  # robust standard deviations from the training median: flagged

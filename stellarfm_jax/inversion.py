@@ -126,7 +126,7 @@ class InversionPrior:
 
     @classmethod
     def from_dict(cls, doc: dict) -> "InversionPrior":
-        from .cli import BadFileError
+        from .errors import BadFileError
 
         if doc.get("format") != PRIOR_FORMAT:
             raise BadFileError(f"not an inversion prior (format {doc.get('format')!r}, expected {PRIOR_FORMAT!r})")
@@ -146,7 +146,7 @@ class InversionPrior:
 
     @classmethod
     def load(cls, path) -> "InversionPrior":
-        from .cli import BadFileError, MissingFileError
+        from .errors import BadFileError, MissingFileError
 
         path = pathlib.Path(path)
         if not path.is_file():

@@ -32,7 +32,7 @@ import zlib
 import jax
 import numpy as np
 
-from .cli import BadFileError, BadInputError, MissingFileError
+from .errors import BadFileError, BadInputError, MissingFileError
 from .config import ModelConfig, model_config_from_dict
 from .formats import (atomic_directory, flatten_params, params_sha256, read_json, sha256_file,  # noqa: F401
                       unflatten_params)

@@ -62,7 +62,7 @@ import numpy as np
 import optax
 
 from . import forward
-from .cli import BadInputError
+from .errors import BadInputError
 from .forward import ModelSpec, encode, map_chunks, progress_bar
 from .inference import StellarModel
 from .inputs import prepare_inputs

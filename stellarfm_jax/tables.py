@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .cli import BadFileError, BadInputError, MissingFileError
+from .errors import BadFileError, BadInputError, MissingFileError
 from .formats import atomic_file
 from .inputs import request_ids
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import forward
 from . import cli
+from .errors import BadConfigError, BadInputError, MissingFileError, TrainingDivergedError
 from .config import Config, apply_overrides, load_config
 from .data.dataset import Dataset
 from .forward import ModelSpec
@@ -59,19 +60,19 @@ def check_training_data(dataset: Dataset, config: Config) -> None:
     """Refuse data that cannot train, before any compilation."""
     vocab, train = dataset.vocab, dataset.train
     if len(train) == 0:
-        raise cli.BadInputError("the training split is empty")
+        raise BadInputError("the training split is empty")
     if len(dataset.val) == 0:
-        raise cli.BadInputError("the validation split is empty (validation metrics and best-checkpoint selection need it)")
+        raise BadInputError("the validation split is empty (validation metrics and best-checkpoint selection need it)")
     if np.isinf(train.values).any():
         cols = sorted({vocab.names[j] for j in np.nonzero(np.isinf(train.values))[1]})
-        raise cli.BadInputError(f"training values contain +-inf in tokens {cols}; use NaN for missing values")
+        raise BadInputError(f"training values contain +-inf in tokens {cols}; use NaN for missing values")
     empty = ~np.isfinite(train.values).any(axis=0)
     if empty.any():
-        raise cli.BadInputError(f"tokens with no finite value in the training split (all-NaN columns): "
+        raise BadInputError(f"tokens with no finite value in the training split (all-NaN columns): "
                          f"{[n for n, e in zip(vocab.names, empty) if e]}")
     weights = output_weight_vector(vocab, _output_weights(config))
     if not np.any(np.asarray(weights) > 0):
-        raise cli.BadInputError("no token can be requested as an output (vocabulary outputs / train.output_weights)")
+        raise BadInputError("no token can be requested as an output (vocabulary outputs / train.output_weights)")
 
 
 def _output_weights(config: Config) -> tuple:
@@ -130,7 +131,7 @@ def _check_resume_config(saved: dict, config: Config) -> None:
                 continue
             current = now[section].get(key)
             if json.loads(json.dumps(current)) != value:
-                raise cli.BadConfigError(
+                raise BadConfigError(
                     f"workdir was trained with {section}.{key}={value!r} but this run asks for {current!r}; "
                     f"use a new --workdir or the same settings (only train.epochs may change on resume)"
                 )
@@ -208,7 +209,7 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
         mesh = Mesh(np.array(devices), ("data",))
         batch_size -= batch_size % len(devices)
         if batch_size < len(devices):
-            raise cli.BadConfigError(f"data-parallel training on {len(devices)} devices needs at least that many stars per "
+            raise BadConfigError(f"data-parallel training on {len(devices)} devices needs at least that many stars per "
                                      f"batch")
         batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -369,7 +370,7 @@ def _fit(config: Config, dataset: Dataset, workdir, progress: bool, log) -> Trai
                 loss = metrics["loss"]
                 seconds = time.perf_counter() - t0
                 if not np.isfinite(loss):
-                    raise cli.TrainingDivergedError(f"training loss became {loss} in epoch {epoch + 1}; stopping "
+                    raise TrainingDivergedError(f"training loss became {loss} in epoch {epoch + 1}; stopping "
                                                     f"(last good checkpoint kept in {workdir})")
                 done = epoch + 1
                 record = {"epoch": done, "loss": loss, "mse": metrics["mse"],
@@ -447,10 +448,10 @@ def export_checkpoint(workdir, out, epoch: int | None = None, log=print) -> path
                                 best_metric=config.train.best_metric, log=log)
     steps = checkpointer.steps()
     if not steps:
-        raise cli.MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}")
+        raise MissingFileError(f"no checkpoint in {workdir / 'checkpoints'}")
     epoch = epoch if epoch is not None else (checkpointer.best_step() or steps[-1])
     if epoch not in steps:
-        raise cli.BadInputError(f"no checkpoint for epoch {epoch} in {workdir}; available: {steps}")
+        raise BadInputError(f"no checkpoint for epoch {epoch} in {workdir}; available: {steps}")
     # The optimiser state's structure depends only on the params and the optimiser, not on the data size.
     model = StellarPerceptron(config.model, vocab.size)
     abstract = jax.eval_shape(

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .cli import UserError
+from .errors import UserError
 
 PAD_ID = 0
 TOKEN_GROUPS = ("spectrum", "colour", "label", "other")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import BadFileError, BadInputError
+from ..errors import BadFileError, BadInputError
 from .xp import N_COEFFICIENTS
 
 BANDS = ("bp", "rp")

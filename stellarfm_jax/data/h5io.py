@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from .. import schemas
-from ..cli import BadFileError
+from ..errors import BadFileError
 from ..vocab import Vocabulary
 from .dataset import SPLITS, Dataset, Split
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import schemas
-from ..cli import BadFileError, BadInputError
+from ..errors import BadFileError, BadInputError
 from .h5io import current_umask
 from .catalogue import Catalogue, bprp_colour, clean_magnitude, colour, log_ebv
 from .xp import flux_tokens

@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cli import BadFileError
+from ..errors import BadFileError
 from .. import schemas
 from .catalogue import Catalogue
 from .xp import N_COEFFICIENTS, xp_token_columns

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import BadInputError
+from ..errors import BadInputError
 from .. import __version__, schemas
 from .catalogue import Catalogue
 from .dataset import Dataset, Split

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cli import BadFileError
+from ..errors import BadFileError
 
 TEST_BUCKET = 0
 VAL_BUCKET = 1

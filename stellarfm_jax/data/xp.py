@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import schemas
-from ..cli import BadInputError
+from ..errors import BadInputError
 
 from ..schemas import GAIA_G_ZERO_POINT  # noqa: F401 (re-exported: G-band zero point for F_G in e-/s)
 

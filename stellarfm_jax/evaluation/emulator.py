@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..cli import MissingFileError
+from ..errors import MissingFileError
 from ..formats import atomic_directory, header, read_json
 from ..vocab import robust_scale
 

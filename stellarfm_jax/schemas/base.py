@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cli import BadInputError
+from ..errors import BadInputError
 from ..vocab import Vocabulary
 
 # ------------------------------------------------------------------------------------------ token names, once
