@@ -7,7 +7,8 @@
 
 The model's metadata and TRAINING.md record the exact training command, the config, the data file's sha256
 (and the source file's), the epochs trained out of the planned epochs (``interim`` while the run is
-unfinished), the training time summed from ``metrics.jsonl``, where it was trained, and the final metrics.
+unfinished), the training time summed from ``metrics.jsonl``, where it was trained, the final metrics, and the inversion prior
+(a Gaussian mixture fitted on the train split) that ``invert(prior="auto")`` uses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from stellarfm_jax.data import default_dataset_path, read_dataset  # noqa: E402
 from stellarfm_jax.data.library import sha256_of  # noqa: E402
+from stellarfm_jax.inversion import InversionPrior, default_free_names  # noqa: E402
 from stellarfm_jax.saved_model import load_model, save_model  # noqa: E402
 from stellarfm_jax.train import export_checkpoint  # noqa: E402
 
@@ -92,7 +94,8 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
         params, model_config, vocab, meta = load_model(exported)
     config = meta["config"]
     data_path = pathlib.Path(data or config["data"].get("path") or default_dataset_path(schema=config["data"]["schema"]))
-    provenance = read_dataset(data_path).provenance
+    dataset = read_dataset(data_path)
+    provenance = dataset.provenance
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     planned = int(config["train"]["epochs"])
     meta.update(
@@ -104,6 +107,10 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
         shipped_date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         ship_command="python scripts/ship_model.py " + " ".join(sys.argv[1:]),
     )
+    # Inversion's prior="auto" uses this, so a shipped model inverts the same way without the data set at hand.
+    prior = InversionPrior.fit(dataset.train.values, vocab, default_free_names(vocab))
+    prior.info["source"] = f"train split of {data_path.name}"
+    meta["inversion_prior"] = prior.to_dict()
     save_model(dest, params, model_config, vocab, meta)
     dest.chmod(0o755)  # the atomic save's temporary folder is private; a shipped model is package data
     (dest / "TRAINING.md").write_text(training_markdown(meta))

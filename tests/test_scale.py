@@ -113,9 +113,11 @@ def test_cli_trains_tiny_config_on_four_devices(tmp_path):
     assert (work / "model" / "params.npz").exists()
 
 
+@pytest.mark.slow  # ~1.5-2.5 min on 2 cores (the benchmark script's every stage, then a training run)
 def test_gpu_session_dry_run_checks_trains_packs_and_unpacks(tmp_path):
     """scripts/gpu_session.py --dry-run: benchmarks/gpu_check.sh --dry-run writes its JSON, a tiny model trains
-    on the given data file, the workdir comes back as parts that unpack into a workdir we can export from."""
+    on the given data file, the workdir comes back as parts that unpack into a workdir we can export from.
+    Run it before a device session: ``python -m pytest -m slow tests/test_scale.py``."""
     data = tmp_path / "synthetic.h5"
     write_dataset(data, make_synthetic_dataset(600, seed=4))
     out = tmp_path / "out"

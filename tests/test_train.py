@@ -62,15 +62,14 @@ def test_resume_equals_uninterrupted_run_and_skips_a_corrupted_checkpoint(tmp_pa
     np.testing.assert_allclose([h["loss"] for h in resumed.history], [h["loss"] for h in full.history], rtol=1e-6)
 
     # A corrupted latest checkpoint: the previous one is used, with a message, and training catches up.
-    work = tmp_path / "corrupt"
-    fit(tiny("train.epochs=3"), data, workdir=work, **QUIET)
-    for f in (work / "checkpoints" / "3" / "state").rglob("*"):
+    work = tmp_path / "resumed"
+    for f in (work / "checkpoints" / "4" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
     messages = []
     recovered = fit(tiny("train.epochs=4"), data, workdir=work, log=messages.append)
-    assert any("epoch 3" in m and "unreadable" in m for m in messages), messages
-    assert any("resuming from the checkpoint after epoch 2" in m for m in messages), messages
+    assert any("epoch 4" in m and "unreadable" in m for m in messages), messages
+    assert any("resuming from the checkpoint after epoch 3" in m for m in messages), messages
     _params_close(full.params, recovered.params, atol=1e-6)
 
 

@@ -198,8 +198,14 @@ def init_params(model: StellarPerceptron, key) -> dict:
     """Float32 parameters for ``model`` (shapes do not depend on T or R)."""
     values = jnp.zeros((1, 2), jnp.float32)
     tokens = jnp.ones((1, 2), jnp.int32)
-    # Jitted: eager initialisation runs op by op (about 30 s for the paper config on a CPU).
-    return jax.jit(lambda k: model.init({"params": k}, values, tokens, tokens[:, :1])["params"])(key)
+    # Jitted: eager initialisation runs op by op (about 30 s for the paper config on a CPU). The program (dozens of
+    # threefry draws, run once) takes XLA's CPU backend ~3x longer to optimise than to run unoptimised, so skip that.
+    def init(k):
+        return model.init({"params": k}, values, tokens, tokens[:, :1])["params"]
+
+    if isinstance(key, jax.core.Tracer):  # inside the caller's trace (eval_shape, jit): compiled with it
+        return init(key)
+    return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(key)
 
 
 def count_params(params) -> int:
