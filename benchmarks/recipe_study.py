@@ -15,6 +15,7 @@ against training time::
 
     python benchmarks/recipe_study.py --budget-min 25 --out benchmarks/results/recipe_study.json
     python benchmarks/recipe_study.py --budget-min 1 --candidates small,coarse_tasks --val-stars 300   # a smoke run
+    python benchmarks/recipe_study.py --budget-min 25 --resume     # after an interruption: only the missing candidates
 
 Run it on an otherwise idle machine: the candidates are compared by what they reach in the same time.
 """
@@ -105,7 +106,8 @@ def study_one(name: str, base: str, overrides: list[str], budget_s: float, eval_
             log(f"[{name}] epoch {epoch + 1}/{epochs} ({trained_s / 60:.1f} min): " + ", ".join(
                 f"{k}={record[k]:.4g}" for k in ("teff_scatter", "logg_scatter", "m_h_scatter", "gen_median_abs_frac",
                                                  "gen_z_std") if k in record))
-    return {"name": name, "config": base, "overrides": overrides, "probe_epoch_s": epoch_s, "epochs": epochs,
+    return {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": base, "overrides": overrides, "probe_epoch_s": epoch_s, "epochs": epochs,
             "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(run.state.params))),
             "final": curve[-1], "curve": curve,
             "command": f"python -m stellarfm_jax.train --config {base} " + " ".join(f"--set '{o}'" for o in overrides)}
@@ -146,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names: " + ", ".join(CANDIDATES))
     p.add_argument("--val-stars", type=int, default=1000, help="validation stars evaluated")
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the candidates already in --out (same budget and validation stars) and run the rest")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = [n for n in names if n not in CANDIDATES]
@@ -156,6 +160,15 @@ def main(argv=None) -> int:
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()} {platform.processor()} ({os.cpu_count()} cores)",
               "budget_min": args.budget_min, "val_stars": args.val_stars, "results": []}
+    if args.resume and out.is_file():
+        previous = json.loads(out.read_text())
+        if previous.get("budget_min") != args.budget_min or previous.get("val_stars") != args.val_stars:
+            p.error(f"--resume: {out} was measured with --budget-min {previous.get('budget_min')} --val-stars "
+                    f"{previous.get('val_stars')}, not {args.budget_min} / {args.val_stars}")
+        record["results"] = [r for r in previous["results"] if r["name"] in names]
+        done = {r["name"] for r in record["results"]}
+        print(f"--resume: keeping {sorted(done) or 'nothing'} from {out}")
+        names = [n for n in names if n not in done]
     for name in names:
         base, overrides = CANDIDATES[name]
         record["results"].append(study_one(name, base, overrides, 60 * args.budget_min, 60 * args.eval_every_min,
