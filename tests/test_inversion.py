@@ -226,6 +226,49 @@ def test_a_singular_hessian_gives_finite_errors_a_flag_and_a_reason():
     assert r[1] == "not converged in 15 Newton steps; optimum at the edge of the training range (b)"
 
 
+def test_fisher_curvature_is_the_expected_hessian_and_the_exact_gradient():
+    """grad_and_fisher for a heteroscedastic Gaussian (mean A theta, V = e^2 + exp(B theta)): its gradient is
+    jax.grad of the NLL + prior, and its matrix is the average over y ~ N(mean, V) of the exact Hessian (Monte
+    Carlo, 20,000 draws), plus the prior's Hessian; linear mean and constant V: it is the exact Hessian."""
+    import functools
+
+    import jax.numpy as jnp
+
+    from stellarfm_jax.inversion import grad_and_fisher, grad_and_hessian
+
+    with jax.enable_x64():
+        rng = np.random.default_rng(0)
+        s, f = 40, 3
+        a, b = jnp.asarray(rng.normal(size=(s, f))), jnp.asarray(0.3 * rng.normal(size=(s, f)))
+        e2 = jnp.asarray(rng.uniform(0.1, 0.5, s))
+        mask = jnp.asarray(rng.random(s) < 0.8)
+        theta = jnp.asarray([0.3, -0.2, 0.5])
+        prior = {k: jnp.asarray(v, jnp.float64) for k, v in gaussian_prior_arrays(f, 2.0).items()}
+        nlp = functools.partial(neg_log_prior, prior=prior)
+
+        def moments(t):
+            return a @ t, e2 + jnp.exp(b @ t)
+
+        def nll(t, y):
+            mean, var = moments(t)
+            return 0.5 * jnp.sum(jnp.where(mask, (y - mean) ** 2 / var + jnp.log(var), 0.0))
+
+        y = moments(theta)[0] + 0.7
+        grad, fisher = grad_and_fisher(moments, y, mask, nlp, theta)
+        np.testing.assert_allclose(grad, jax.grad(lambda t: nll(t, y) + nlp(t))(theta), rtol=1e-10)
+        mean, var = moments(theta)
+        draws = mean + jnp.sqrt(var) * jnp.asarray(rng.standard_normal((20000, s)))
+        expected = jnp.mean(jax.vmap(lambda yy: jax.hessian(nll)(theta, yy))(draws), 0) + jax.hessian(nlp)(theta)
+        np.testing.assert_allclose(fisher, expected, rtol=0.03, atol=0.03)
+        assert np.all(np.linalg.eigvalsh(np.asarray(fisher)) > 0)
+
+        def linear(t):
+            return a @ t, e2
+
+        _, exact = grad_and_hessian(lambda t: 0.5 * jnp.sum(jnp.where(mask, (y - a @ t) ** 2 / e2, 0.0)) + nlp(t), theta)
+        np.testing.assert_allclose(grad_and_fisher(linear, y, mask, nlp, theta)[1], exact, rtol=1e-10)
+
+
 def test_prior_fit_save_load_and_marginal(tmp_path):
     rng = np.random.default_rng(0)
     vocab = Vocabulary.unit(["teff", "logg"])
