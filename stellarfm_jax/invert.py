@@ -49,6 +49,9 @@ def build_parser():
                         "embedded data set), none (flat), or an InversionPrior JSON file")
     p.add_argument("--steps", type=int, default=30, metavar="N", help="Adam iterations at most per start")
     p.add_argument("--starts", type=int, default=2, metavar="N", help="starting points kept per star")
+    p.add_argument("--newton-steps", type=int, default=10, metavar="N", help="damped Newton iterations at most")
+    p.add_argument("--curvature", default="fisher", choices=["fisher", "hessian"],
+                   help="Newton's and the errors' curvature: the Fisher information (fast) or the exact Hessian")
     p.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, metavar="N", help="stars read per chunk")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="stars per device call (default: 32 on a CPU, 1024 on an accelerator)")
@@ -76,7 +79,7 @@ def _columns(block_names: list[str], wanted: list[str], vocab, option: str) -> l
 def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: str = "test", free=None,
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
                      batch_size: int | None = None, progress: bool = True, steps: int = 30,
-                     n_starts: int = 2) -> dict:
+                     n_starts: int = 2, newton_steps: int = 10, curvature: str = "fisher") -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
     from .inversion import default_free_names, invert, resolve_prior
@@ -87,6 +90,8 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
     for option, value in (("--read-rows", read_rows), ("--steps", steps), ("--starts", n_starts)):
         if value < 1:
             raise cli.BadInputError(f"{option} must be >= 1, got {value}")
+    if newton_steps < 0:
+        raise cli.BadInputError(f"--newton-steps must be >= 0, got {newton_steps}")
     vocab = model.vocab
     try:
         free = default_free_names(vocab) if not free else list(vocab.names_of(vocab.ids(list(free))))
@@ -115,7 +120,7 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                 res = invert(model, obs[rows], [block.names[j] for j in obs_cols], None if err is None else err[rows],
                              free=free, fixed=block.values[rows][:, fix_cols] if fix_cols else None,
                              fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj, chunk_size=batch_size,
-                             steps=steps, n_starts=n_starts)
+                             steps=steps, n_starts=n_starts, newton_steps=newton_steps, curvature=curvature)
             except cli.UserError:
                 raise
             except ValueError as e:
@@ -163,7 +168,7 @@ def main(argv=None) -> int:
         s = invert_catalogue(model, args.input, args.output, args.format, args.split, cli.split_list(args.free),
                              cli.split_list(args.observe) or ["spectrum"], cli.split_list(args.fixed), args.prior,
                              args.read_rows, args.batch_size, progress=not args.no_progress, steps=args.steps,
-                             n_starts=args.starts)
+                             n_starts=args.starts, newton_steps=args.newton_steps, curvature=args.curvature)
         print(f"inverted {s['stars']:,} stars -> {s['output']} in {s['seconds']:.1f} s ({s['stars_per_s']:,.2f} "
               f"stars/s; prior {s['prior']}); {s['flagged']:,} flagged (see the reason column), {s['no_data']:,} "
               f"without an observed value")

@@ -85,6 +85,7 @@ def test_one_row_per_star_in_input_order_matching_the_library(setup, capsys):
     (None, ["--free", "teff,lgg"], "closest valid names"),
     (None, ["--free", "s0,logg"], "also observed"),
     (None, ["--steps", "0"], "--steps must be >= 1"),
+    (None, ["--newton-steps", "-1"], "--newton-steps must be >= 0"),
     (None, ["--prior", "missing.json"], "inversion prior file not found"),
 ])
 def test_bad_input_gives_one_error_line(setup, tmp_path, capsys, edit, args, message):
