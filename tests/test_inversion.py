@@ -61,6 +61,11 @@ def test_inversion_minimises_the_documented_objective(random_model):
         for i in range(5)
     ])
     np.testing.assert_allclose(res.nll, nll_at_fit, rtol=1e-4, atol=1e-4)
+    # The evaluation's likelihood diagnostic is the same objective (up to the constant of the standardisation).
+    from stellarfm_jax.evaluation.inversion import likelihood_nll
+
+    np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, np.broadcast_to(obs_err, observed.shape),
+                                              names), res.nll, rtol=1e-4, atol=1e-3)
     # Laplace covariance: symmetric, positive definite where flagged ok, errors its diagonal.
     for i in np.flatnonzero(res.laplace_ok):
         cov = res.covariance[i]

@@ -10,7 +10,9 @@ APOGEE error^2): robust std, fraction within 1 and 2 sigma) next to
 * the classical reference when an emulator is given: the chi^2 fit of the labels -> spectrum emulator
   (:func:`stellarfm_jax.evaluation.emulator.fit_labels_chi2`, its default objective).
 
-It also counts the flagged fits and their reasons and times the inversion. :func:`inversion_figure` draws recovered
+It also counts the flagged fits and their reasons, times the inversion, and says whether a bad fit is the optimiser's
+or the model's (``likelihood_check``: how often the model's likelihood is higher at the catalogue's labels than at
+the fit; :func:`likelihood_nll`). :func:`inversion_figure` draws recovered
 vs APOGEE and the z histograms.
 """
 
@@ -44,6 +46,21 @@ def _method_stats(values, errors, truth, truth_err) -> dict:
                      **calibration_stats(values[:, j], errors[:, j], truth[:, j], truth_err[:, j]),
                      "median_error": float(np.nanmedian(errors[:, j]))}
     return out
+
+
+def likelihood_nll(model, theta, free, observed, errors, names) -> np.ndarray:
+    """The inversion's likelihood term, 0.5 sum_j [(y_j - mu_j)^2 / V_j + ln V_j] in standardised units over the
+    observed (finite) tokens, at the physical free values ``theta`` [N, F], from the public ``perceive`` /
+    ``request`` API: evaluated at the catalogue's labels and at the fit it says whether a bad fit is the
+    optimiser's failure (the labels score better) or the model's (its likelihood prefers the fit)."""
+    res = model.perceive(theta, list(free)).request(list(names))
+    ids = model.vocab.ids(list(names)) - 1
+    scale = model.vocab.scale[ids]
+    mu = np.stack([res[n] for n in names], 1) / scale
+    var = (np.nan_to_num(errors) / scale) ** 2 + (np.stack([res[f"{n}_error"] for n in names], 1) / scale) ** 2
+    y = observed / scale
+    terms = np.where(np.isfinite(y), (y - mu) ** 2 / var + np.log(var), 0.0)
+    return 0.5 * terms.sum(axis=1)
 
 
 def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=None, prior="fit", log=print,
@@ -81,6 +98,23 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     result["methods"]["inversion"] = _method_stats(fit.values[:, head], fit.errors[:, head], truth, truth_err)
     arrays = {"truth": truth, "truth_err": truth_err, "inversion": fit.values[:, head],
               "inversion_err": fit.errors[:, head]}
+
+    # Optimiser or model? The likelihood at the catalogue's values of every free token (stars that have them all)
+    # against the likelihood at the fit.
+    fcols_free = vocab.ids(list(free)) - 1
+    known = split_data.values[stars][:, fcols_free].astype(np.float64)
+    have = np.isfinite(known).all(axis=1)
+    if "logebv" in free:
+        have &= known[:, free.index("logebv")] > -7.0  # the data's floor means "unknown"
+    if have.any():
+        at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux)
+        at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux)
+        result["likelihood_check"] = {"stars": int(have.sum()),
+                                      "fraction_truth_scores_better": float(np.mean(at_truth < at_fit)),
+                                      "median_nll_truth_minus_fit": float(np.median(at_truth - at_fit))}
+        log(f"[inversion] the model's likelihood is higher at the catalogue's labels than at the fit for "
+            f"{np.mean(at_truth < at_fit):.0%} of {int(have.sum())} stars (median NLL gap "
+            f"{np.median(at_truth - at_fit):+.1f})")
 
     # Forward prediction: spectra + colours -> labels on the same stars.
     xp_colours = next(s for s in paper_input_sets(vocab, model.context_length) if s.key == "xp_colours")

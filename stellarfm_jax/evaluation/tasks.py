@@ -417,10 +417,16 @@ def _inversion_section(m):
 
     checks = "; ".join(f"{k}: " + (", ".join(f"{c} {text(x)}" for c, x in v.items()) if isinstance(v, dict) else text(v))
                        for k, v in res.get("checks", {}).items())
+    lik = res.get("likelihood_check")
+    lik_text = ("" if not lik else
+                f" Optimiser or model: for {lik['fraction_truth_scores_better']:.0%} of {lik['stars']} stars with every "
+                f"free token in the catalogue the model's likelihood is higher at the catalogue's values than at the "
+                f"fit (median NLL gap {lik['median_nll_truth_minus_fit']:+.1f}); where it is not, the fit is the "
+                f"likelihood's optimum and the error is the model's.")
     return ["## Gradient inversion of observed spectra (vs the forward prediction and the emulator's χ² fit)", "",
             f"{res['n_stars']} stars with APOGEE teff, logg and m_h; free {', '.join(res['free'])}; prior {res['prior']}; "
-            f"{res['seconds_per_star']:.3f} s per star; {res['flagged']} flagged ({res['flagged_fraction']:.1%}; {reasons}).",
-            "", inversion_table(res), "", f"Checks: {checks}.", ""]
+            f"{res['seconds_per_star']:.3f} s per star; {res['flagged']} flagged ({res['flagged_fraction']:.1%}; {reasons})."
+            + lik_text, "", inversion_table(res), "", f"Checks: {checks}.", ""]
 
 
 def _inversion_summary(m):
