@@ -220,8 +220,9 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
     params = init_params(StellarPerceptron(mcfg, vocab.size), jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA - 1))
     state = TrainState.create(params, optimizer)
     train_data = to_star_data(vocab, dataset.train.values, dataset.train.errors)
-    if replicated is not None:
-        state, train_data = jax.device_put((state, train_data), replicated)
+    # Committed to their device(s) as a restored checkpoint is: a fresh and a resumed run then call the epoch
+    # function with the same input shardings and share one compiled program (else a resume compiles it again).
+    state, train_data = jax.device_put((state, train_data), replicated if replicated is not None else devices[0])
 
     output_weights = output_weight_vector(vocab, _output_weights(config))
     per_call = steps_per_call(steps_per_epoch, steps_limit)

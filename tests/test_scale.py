@@ -65,7 +65,9 @@ def test_stratified_padding_keeps_the_uniform_marginal():
     assert chi2 < 40.0, counts  # 11 dof: p ~ 4e-5 at 40
 
 
-@pytest.mark.parametrize("num_buckets,micro", [(4, 0), (1, 8), (4, 4)])
+# Buckets and micro-batches together in the default run; each alone in the slow one.
+@pytest.mark.parametrize("num_buckets,micro", [pytest.param(4, 0, marks=pytest.mark.slow),
+                                               pytest.param(1, 8, marks=pytest.mark.slow), (4, 4)])
 def test_length_buckets_and_micro_batches_give_the_same_step(num_buckets, micro):
     """Same stratified batch, dropout off: one SGD step with length buckets and/or a micro-batched
     gradient equals the whole-batch, full-context step."""
@@ -97,6 +99,7 @@ def _run(cmd, env_extra, timeout):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # the data-parallel step is checked in the default run (test_train.py); this is its CLI path
 def test_cli_trains_tiny_config_on_four_devices(tmp_path):
     data = tmp_path / "synthetic.h5"
     write_dataset(data, make_synthetic_dataset(800, seed=3))

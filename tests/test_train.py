@@ -32,6 +32,12 @@ def tiny(*overrides):
     return apply_overrides(load_config("tiny"), list(overrides))
 
 
+# The end-to-end checks below train the tiny config on 300 synthetic stars (240 train: 3 steps of 64 per epoch),
+# so they share one compiled epoch program (the suite's persistent XLA cache; compilation is most of their time).
+def small_data(seed: int = 1):
+    return make_synthetic_dataset(300, seed=seed)
+
+
 def test_it_learns_a_held_out_token_with_calibrated_errors(synthetic):
     """teff predicted from the other tokens: scatter < 30% of its spread, robust z std in [0.7, 1.4]."""
     cfg = tiny("train.epochs=20", "train.eval_every_epochs=100")
@@ -52,7 +58,7 @@ def _params_close(a, b, atol):
 
 
 def test_resume_equals_uninterrupted_run_and_skips_a_corrupted_checkpoint(tmp_path):
-    data = make_synthetic_dataset(1200, seed=1)
+    data = small_data()
     full = fit(tiny("train.epochs=4"), data, workdir=tmp_path / "full", **QUIET)
     # Stop after epoch 2, resume to 4.
     fit(tiny("train.epochs=2"), data, workdir=tmp_path / "resumed", **QUIET)
@@ -74,18 +80,19 @@ def test_resume_equals_uninterrupted_run_and_skips_a_corrupted_checkpoint(tmp_pa
 
 
 def test_resume_refuses_a_changed_config(tmp_path):
-    data = make_synthetic_dataset(600, seed=2)
+    data = small_data(2)
     fit(tiny("train.epochs=1"), data, workdir=tmp_path, **QUIET)
     with pytest.raises(ValueError, match="model.embedding_dim"):
         fit(tiny("train.epochs=2", "model.embedding_dim=32"), data, workdir=tmp_path, **QUIET)
 
 
-def test_bfloat16_training_on_cpu(synthetic):
+def test_bfloat16_training_on_cpu():
+    data = small_data()
     cfg = tiny("train.epochs=2", "model.compute_dtype=bfloat16")
-    result = fit(cfg, synthetic, **QUIET)
+    result = fit(cfg, data, **QUIET)
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in result.history)
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(result.params))
-    f32 = fit(tiny("train.epochs=2"), synthetic, **QUIET)
+    f32 = fit(tiny("train.epochs=2"), data, **QUIET)
     # Same seed, same batches: the two runs stay close (bf16 rounding only).
     assert abs(result.history[-1]["val_loss"] - f32.history[-1]["val_loss"]) < 0.1
 
@@ -96,13 +103,21 @@ def test_data_parallel_step_equals_single_device_step():
 import jax, numpy as np
 from stellarfm_jax.config import apply_overrides, load_config
 from stellarfm_jax.synthetic import make_synthetic_dataset
-from stellarfm_jax.train import fit
+from stellarfm_jax.train import run_epoch, setup_run
 assert jax.device_count() == 4, jax.devices()
-data = make_synthetic_dataset(800, seed=3)
-single = fit(apply_overrides(load_config("tiny"), ["train.epochs=2"]), data, log=lambda *a: None)
-multi = fit(apply_overrides(load_config("tiny"), ["train.epochs=2", "train.data_parallel=true"]), data, log=lambda *a: None)
+data = make_synthetic_dataset(300, seed=3)
+
+def two_epochs(*overrides):  # the training epochs only (fit's evaluation and checkpoints are tested elsewhere)
+    run = setup_run(apply_overrides(load_config("tiny"), list(overrides)), data)
+    state = run.state
+    for epoch in range(2):
+        state, _ = run_epoch(run, state, epoch)
+    assert run.num_devices == (4 if overrides else 1)
+    return state.params
+
+single, multi = two_epochs(), two_epochs("train.data_parallel=true")
 diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
-           zip(jax.tree_util.tree_leaves(single.params), jax.tree_util.tree_leaves(multi.params)))
+           zip(jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(multi)))
 print("max param diff", diff)
 assert diff < 1e-5, diff
 """
@@ -117,7 +132,7 @@ def _run_cli(*args, cwd=None):
 
 
 def test_cli_smoke_and_bad_overrides(tmp_path):
-    data_file = write_dataset(tmp_path / "synthetic.h5", make_synthetic_dataset(800, seed=4))
+    data_file = write_dataset(tmp_path / "synthetic.h5", small_data(4))
     work = tmp_path / "run"
     out = _run_cli("--config", "tiny", "--workdir", str(work), "--data", str(data_file), "--set", "train.epochs=3",
                    "--no-progress")
@@ -193,8 +208,7 @@ def test_epoch_function_compiles_once_across_epochs():
     """Epoch number, first step and state are traced arguments: no retrace from one call to the next."""
     from stellarfm_jax.train import run_epoch, setup_run
 
-    data = make_synthetic_dataset(300, seed=7)
-    run = setup_run(tiny("train.batch_size=64"), data, steps_limit=2)
+    run = setup_run(tiny(), small_data(7), steps_limit=2)
     assert run.steps_per_epoch == 3 and run.steps_per_call == 1
     state = run.state
     for epoch in range(3):
@@ -207,19 +221,19 @@ def test_epoch_in_several_calls_equals_one_call():
     """Splitting an epoch over device calls (so Ctrl-C is noticed within seconds) runs the same batches."""
     from stellarfm_jax.train import run_epoch, setup_run
 
-    data = make_synthetic_dataset(300, seed=7)
-    one = setup_run(tiny("train.batch_size=24"), data, steps_limit=100)  # 240 train stars: 10 steps per epoch
-    many = setup_run(tiny("train.batch_size=24"), data, steps_limit=4)
-    assert one.steps_per_call == one.steps_per_epoch == 10 and many.steps_per_call == 2
+    data = small_data(7)
+    one = setup_run(tiny(), data, steps_limit=100)  # 240 train stars: 3 steps of 64 per epoch
+    many = setup_run(tiny(), data, steps_limit=1)
+    assert one.steps_per_call == one.steps_per_epoch == 3 and many.steps_per_call == 1
     a, ma = run_epoch(one, one.state, 0)
     b, mb = run_epoch(many, many.state, 0)
-    assert int(a.step) == int(b.step) == 10
+    assert int(a.step) == int(b.step) == 3
     _params_close(a.params, b.params, atol=1e-6)
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
 
 
 
-def test_ctrl_c_stops_within_a_call_checkpoints_the_last_epoch_and_resumes(synthetic, tmp_path):
+def test_ctrl_c_stops_within_a_call_checkpoints_the_last_epoch_and_resumes(tmp_path):
     """SIGINT during training: fit returns within one device call with interrupted=True, the last finished
     epoch is checkpointed (whatever checkpoint_every_epochs says), and the same run resumes from it."""
     import os
@@ -230,8 +244,8 @@ def test_ctrl_c_stops_within_a_call_checkpoints_the_last_epoch_and_resumes(synth
     from stellarfm_jax.checkpoint import Checkpointer
 
     work = tmp_path / "work"
-    cfg = tiny("train.epochs=500", "train.checkpoint_every_epochs=1000", "train.eval_every_epochs=1000",
-               "train.batch_size=16")
+    synthetic = small_data()
+    cfg = tiny("train.epochs=500", "train.checkpoint_every_epochs=1000", "train.eval_every_epochs=1000")
     metrics = work / "metrics.jsonl"
 
     def interrupt_after_two_epochs():
