@@ -17,7 +17,7 @@ from stellarfm_jax.inversion import default_free_names
 from stellarfm_jax.vocab import UnknownTokenError, Vocabulary
 
 FREE = ["teff", "logg", "m_h"]
-FAST = dict(steps=60, n_starts=2)  # one compiled program (8-row bucket) shared by the fast tests
+FAST = dict(steps=20, n_starts=2)  # one compiled program (8-row bucket), shared with test_invert_cli.py
 
 
 def independent_nll(model, free_values, observed, obs_names, obs_err):
