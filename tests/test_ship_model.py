@@ -1,0 +1,38 @@
+"""scripts/ship_model.py: a training workdir becomes a saved model with its TRAINING.md and the inversion prior
+(fitted on the train split) in its metadata, which invert(prior="auto") then uses without any data set."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from stellarfm_jax.config import apply_overrides, load_config
+from stellarfm_jax.data import read_dataset, write_dataset
+from stellarfm_jax.inference import StellarModel
+from stellarfm_jax.inversion import InversionPrior, auto_prior
+from stellarfm_jax.synthetic import make_synthetic_dataset
+from stellarfm_jax.train import fit
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_ship_writes_the_model_its_training_record_and_the_inversion_prior(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from ship_model import ship
+
+    data_file = write_dataset(tmp_path / "stars.h5", make_synthetic_dataset(300, seed=1))  # test_train's program
+    data = read_dataset(data_file)
+    fit(apply_overrides(load_config("tiny"), ["train.epochs=2"]), data, workdir=tmp_path / "run", log=lambda *a: None)
+    dest = ship(tmp_path / "run", name="tiny_test", data=str(data_file), dest=tmp_path / "shipped")
+
+    meta = json.loads((dest / "model.json").read_text())["metadata"]
+    assert meta["shipped_name"] == "tiny_test" and meta["epochs_trained"] == 2 and not meta["interim"]
+    assert "Final: all 2 planned epochs" in (dest / "TRAINING.md").read_text()
+    # The stored prior is the one fitted on the train split (same EM, same seed), and "auto" uses it.
+    model = StellarModel.load(dest)
+    stored = auto_prior(model)
+    expected = InversionPrior.fit(data.train.values, model.vocab, stored.names)
+    np.testing.assert_allclose(stored.means, expected.means, rtol=1e-6)
+    np.testing.assert_allclose(stored.weights, expected.weights, rtol=1e-6)
+    assert stored.info["source"] == "train split of stars.h5"
