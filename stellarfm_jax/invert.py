@@ -87,11 +87,10 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
     t0 = time.perf_counter()
     input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
     check_paths(input_path, output_path)
-    for option, value in (("--read-rows", read_rows), ("--steps", steps), ("--starts", n_starts)):
-        if value < 1:
-            raise cli.BadInputError(f"{option} must be >= 1, got {value}")
-    if newton_steps < 0:
-        raise cli.BadInputError(f"--newton-steps must be >= 0, got {newton_steps}")
+    for option, value, least in (("--read-rows", read_rows, 1), ("--steps", steps, 1), ("--starts", n_starts, 1),
+                                 ("--newton-steps", newton_steps, 0)):
+        if value < least:
+            raise cli.BadInputError(f"{option} must be >= {least}, got {value}")
     vocab = model.vocab
     try:
         free = default_free_names(vocab) if not free else list(vocab.names_of(vocab.ids(list(free))))

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ..inversion import InversionPrior, default_free_names, invert
+from ..inversion import MISSING_AT_OR_BELOW, InversionPrior, default_free_names, invert
 from .common import calibration_stats, masked_inputs, paper_input_sets, predict_tokens, residual_stats
 
 HEADLINE = ("teff", "logg", "m_h")
@@ -104,8 +104,9 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     fcols_free = vocab.ids(list(free)) - 1
     known = split_data.values[stars][:, fcols_free].astype(np.float64)
     have = np.isfinite(known).all(axis=1)
-    if "logebv" in free:
-        have &= known[:, free.index("logebv")] > -7.0  # the data's floor means "unknown"
+    for name, floor in MISSING_AT_OR_BELOW.items():  # e.g. the data's logebv floor means "unknown"
+        if name in free:
+            have &= known[:, free.index(name)] > floor
     if have.any():
         at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux)
         at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux)
