@@ -8,7 +8,12 @@ Gaussian negative log-likelihood
     NLL(theta) = 0.5 * sum_j [ (y_j - mu_j(theta))^2 / V_j(theta) + ln V_j(theta) ],
     V_j = e_j^2 + exp(logvar_j(theta))          (observed error^2 + model predictive variance)
 
-over the observed (non-missing) tokens j (the decoder answers every observed token; the encoder sees only the
+over the observed (non-missing) tokens j, with ``model_variance="predicted"``. By default
+(``model_variance="fixed"``) the model's variance is held at its value at the forward prediction (candidate 1
+below), ``V_j = e_j^2 + exp(logvar_j(theta_forward))``: the classical chi^2 fit with the model's error as a fixed
+systematic floor (the emulator's default), so a fit cannot lower its objective by moving to where the model is
+less sure (the ``ln V`` term is then a constant). On 100 real test stars (xp_coarse model, spectrum + jh observed)
+the predicted variance pulled teff ~500 K low; held fixed, the bias was -81 K (docs/inference.md) (the decoder answers every observed token; the encoder sees only the
 free and fixed tokens). The objective is ``NLL(theta) - ln p(theta)`` with an optional prior p: a Gaussian
 mixture over the free tokens fitted on the training split (:class:`InversionPrior`), a plain Gaussian of width
 ``prior_sigma`` around the training median, or none (flat).
@@ -241,6 +246,9 @@ def neg_log_prior(theta, prior):
 
 
 # ============================================================================== the functional core
+MODEL_VARIANCES = ("predicted", "fixed")
+
+
 @dataclass(frozen=True)
 class InversionSettings:
     """Static optimiser settings (hashable: part of the jit key)."""
@@ -255,6 +263,8 @@ class InversionSettings:
     # of the model's mean and variance, plus the prior's exact Hessian) or "hessian" (jax.hessian of the whole
     # objective: forward-over-reverse through the network, ~4x the work and compile time).
     curvature: str = "fisher"
+    # The model's variance in V: "fixed" (at the forward prediction, held constant) or "predicted" (at theta).
+    model_variance: str = "fixed"
 
     def __post_init__(self):
         for name in ("steps", "n_starts", "patience"):
@@ -262,17 +272,21 @@ class InversionSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.curvature not in ("fisher", "hessian"):
             raise ValueError(f"curvature must be 'fisher' or 'hessian', got {self.curvature!r}")
+        if self.model_variance not in MODEL_VARIANCES:
+            raise ValueError(f"model_variance must be one of {MODEL_VARIANCES}, got {self.model_variance!r}")
         if self.newton_steps < 0 or not self.learning_rate > 0:
             raise ValueError(f"newton_steps must be >= 0 and learning_rate > 0, got {self.newton_steps}, {self.learning_rate}")
 
 
 def _moments(params, theta, problem, spec: ModelSpec):
     """The model's mean [S] and total variance V [S] (its own + the observed error^2) of every observed token of
-    one star at theta [F]; problem: one star's arrays (see :func:`invert_batch`)."""
+    one star at theta [F]; problem: one star's arrays (see :func:`invert_batch`). With ``problem["model_var"]``
+    (``model_variance="fixed"``) the model's own variance is that constant instead of its prediction at theta."""
     values = jnp.concatenate([theta, problem["fixed_z"]])[None, :]  # [1, F + K]
     tokens = jnp.concatenate([problem["free_ids"], problem["fixed_ids"]])[None, :]
     mean, logvar = forward.apply(params, values, tokens, problem["obs_ids"][None, :], spec=spec)
-    return mean[0], jnp.exp(logvar[0]) + problem["obs_var"]
+    model_var = problem["model_var"] if "model_var" in problem else jnp.exp(logvar[0])
+    return mean[0], model_var + problem["obs_var"]
 
 
 def _nll(params, theta, problem, spec: ModelSpec):
@@ -423,6 +437,9 @@ def fit_star(objective, candidates, settings: InversionSettings, curvature=None)
 
 def _invert_one_star(params, prior, problem, candidates, spec, settings: InversionSettings):
     """One star: candidates [C, F] -> dict of its fit (see :func:`invert_batch`)."""
+    if settings.model_variance == "fixed":  # the model's variance at the forward prediction (candidate 0)
+        var_at_start = _moments(params, candidates[0], problem, spec)[1] - problem["obs_var"]
+        problem = {**problem, "model_var": jax.lax.stop_gradient(var_at_start)}
     objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
     curvature = None
     if settings.curvature == "fisher":
@@ -430,6 +447,8 @@ def _invert_one_star(params, prior, problem, candidates, spec, settings: Inversi
                                       problem["obs_z"], problem["obs_mask"], functools.partial(neg_log_prior, prior=prior))
     out = fit_star(objective, candidates, settings, curvature)
     out["nll"] = _nll(params, out["theta"], problem, spec)
+    if "model_var" in problem:
+        out["model_var"] = problem["model_var"]
     return out
 
 
@@ -651,7 +670,8 @@ def _grid(free: list[str], prior_arrays: dict, prior: InversionPrior | None) -> 
 def invert(model, observed, observed_names: Sequence[str], observed_errors=None, *, free: Sequence[str] | None = None,
            fixed=None, fixed_names: Sequence[str] = (), prior="auto", prior_sigma: float | None = None,
            steps: int = 30, learning_rate: float = 0.05, n_starts: int = 2, n_draws: int = 4, newton_steps: int = 10,
-           patience: int = 5, curvature: str = "fisher", posterior_samples: int = 0, seed: int = 0,
+           patience: int = 5, curvature: str = "fisher", model_variance: str = "fixed",
+           posterior_samples: int = 0, seed: int = 0,
            chunk_size: int | None = None, progress: bool = False) -> InversionResult:
     """Fit ``free`` input tokens of N stars to observed tokens (typically a spectrum); see the module docstring.
 
@@ -670,6 +690,9 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
       newton_steps: damped Newton iterations at most after Adam.
       curvature: "fisher" (default: the likelihood's Fisher information + the prior's Hessian, positive
         semi-definite and ~4x cheaper) or "hessian" (the objective's exact Hessian) for Newton and the Laplace errors.
+      model_variance: "fixed" (default: the model's variance at its forward prediction of the free tokens, held
+        constant: a chi^2 fit with the model's error as a systematic floor) or "predicted" (its variance at the
+        fitted values: the Gaussian NLL, which on real spectra drifts to where the model is less sure).
       posterior_samples: Laplace importance samples per star (0 = none).
       seed: the draws around the forward prediction and the posterior samples (the same for every star).
       chunk_size: stars per device call (default 32 on a CPU, 1024 elsewhere).
@@ -721,7 +744,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
 
     prior_arrays, prior_obj, prior_text = resolve_prior(model, free, prior, prior_sigma)
     settings = InversionSettings(int(steps), float(learning_rate), int(n_starts), int(patience), int(newton_steps),
-                                 curvature=curvature)
+                                 curvature=curvature, model_variance=model_variance)
     chunk = default_chunk_size() if chunk_size is None else int(chunk_size)
     t0 = time.perf_counter()
 
@@ -772,6 +795,9 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         candidates = np.concatenate([candidates, np.zeros((pad,) + candidates.shape[1:], candidates.dtype)])
         problems = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in problems.items()}
     out = map_chunks(run, [candidates] + [problems[k] for k in keys], chunk, progress=progress, desc="inverting")
+    if "model_var" in out:  # the importance weights use the fit's objective, with the same fixed variance
+        problems["model_var"] = np.asarray(out["model_var"])
+        keys.append("model_var")
     out = {k: np.asarray(v)[:n] for k, v in out.items()}
     theta = np.asarray(out["theta"], np.float64)
     chex.assert_shape(theta, (n, len(free)))

@@ -42,7 +42,9 @@ def build_parser():
     p.add_argument("--free", default=None, metavar="NAMES",
                    help="comma-separated free tokens (default: teff, logg, m_h, logebv, those in the model)")
     p.add_argument("--observe", default="spectrum", metavar="NAMES",
-                   help="comma-separated observed tokens or groups (spectrum, colour, ...) fitted by the model")
+                   help="comma-separated observed tokens or groups (spectrum, colour, ...) fitted by the model; "
+                        "add jh when the catalogue has it (spectrum,jh): it breaks the temperature-extinction "
+                        "degeneracy of the spectrum alone")
     p.add_argument("--fixed", default=None, metavar="NAMES", help="comma-separated input columns held fixed")
     p.add_argument("--prior", default="auto", metavar="auto|none|FILE.json",
                    help="prior over the free tokens: auto (the model's, else fitted on the train split of the "
@@ -52,6 +54,9 @@ def build_parser():
     p.add_argument("--newton-steps", type=int, default=10, metavar="N", help="damped Newton iterations at most")
     p.add_argument("--curvature", default="fisher", choices=["fisher", "hessian"],
                    help="Newton's and the errors' curvature: the Fisher information (fast) or the exact Hessian")
+    p.add_argument("--model-variance", default="fixed", choices=["fixed", "predicted"],
+                   help="the model's variance in the fit: held at its forward prediction's (a chi2 fit with the "
+                        "model's error as a floor) or predicted at the fitted values (the Gaussian likelihood)")
     p.add_argument("--read-rows", type=int, default=DEFAULT_READ_ROWS, metavar="N", help="stars read per chunk")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="stars per device call (default: 32 on a CPU, 1024 on an accelerator)")
@@ -79,7 +84,8 @@ def _columns(block_names: list[str], wanted: list[str], vocab, option: str) -> l
 def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: str = "test", free=None,
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
                      batch_size: int | None = None, progress: bool = True, steps: int = 30,
-                     n_starts: int = 2, newton_steps: int = 10, curvature: str = "fisher") -> dict:
+                     n_starts: int = 2, newton_steps: int = 10, curvature: str = "fisher",
+                     model_variance: str = "fixed") -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
     from .inversion import default_free_names, invert, resolve_prior
@@ -119,7 +125,8 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                 res = invert(model, obs[rows], [block.names[j] for j in obs_cols], None if err is None else err[rows],
                              free=free, fixed=block.values[rows][:, fix_cols] if fix_cols else None,
                              fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj, chunk_size=batch_size,
-                             steps=steps, n_starts=n_starts, newton_steps=newton_steps, curvature=curvature)
+                             steps=steps, n_starts=n_starts, newton_steps=newton_steps, curvature=curvature,
+                             model_variance=model_variance)
             except cli.UserError:
                 raise
             except ValueError as e:
@@ -167,7 +174,8 @@ def main(argv=None) -> int:
         s = invert_catalogue(model, args.input, args.output, args.format, args.split, cli.split_list(args.free),
                              cli.split_list(args.observe) or ["spectrum"], cli.split_list(args.fixed), args.prior,
                              args.read_rows, args.batch_size, progress=not args.no_progress, steps=args.steps,
-                             n_starts=args.starts, newton_steps=args.newton_steps, curvature=args.curvature)
+                             n_starts=args.starts, newton_steps=args.newton_steps, curvature=args.curvature,
+                             model_variance=args.model_variance)
         print(f"inverted {s['stars']:,} stars -> {s['output']} in {s['seconds']:.1f} s ({s['stars_per_s']:,.2f} "
               f"stars/s; prior {s['prior']}); {s['flagged']:,} flagged (see the reason column), {s['no_data']:,} "
               f"without an observed value")

@@ -20,13 +20,15 @@ FREE = ["teff", "logg", "m_h"]
 FAST = dict(steps=20, n_starts=2)  # one compiled program (8-row bucket), shared with test_invert_cli.py
 
 
-def independent_nll(model, free_values, observed, obs_names, obs_err):
+def independent_nll(model, free_values, observed, obs_names, obs_err, variance_at=None):
     """The documented objective, from the public request() API in float64:
-    0.5 * sum[(y - mu)^2 / V + ln V], V = e^2 + sigma_model^2, all standardised by the token scale."""
+    0.5 * sum[(y - mu)^2 / V + ln V], V = e^2 + sigma_model^2, all standardised by the token scale; sigma_model at
+    ``free_values`` (model_variance="predicted") or at ``variance_at`` (model_variance="fixed")."""
     res = model.perceive(free_values, FREE).request(obs_names)
+    at = res if variance_at is None else model.perceive(variance_at, FREE).request(obs_names)
     scale = np.array([model.vocab.scale[model.vocab.token_id(n) - 1] for n in obs_names])
     mu = np.stack([res[n] for n in obs_names], 1)
-    sig = np.stack([res[f"{n}_error"] for n in obs_names], 1)
+    sig = np.stack([at[f"{n}_error"] for n in obs_names], 1)
     var = (obs_err / scale) ** 2 + (sig / scale) ** 2
     return 0.5 * np.sum(((observed - mu) / scale) ** 2 / var + np.log(var), axis=1)
 
@@ -53,19 +55,30 @@ def test_inversion_minimises_the_documented_objective(random_model):
     res = model.invert(observed, names, obs_err, free=FREE, **FAST)
     assert res.values.shape == (5, 3) and res.names == tuple(FREE)
     assert res.grad_finite.all()
-    observed_filled = np.where(np.isnan(observed), np.nan, observed)
-    nll_at_fit = np.array([
-        independent_nll(model, res.values[i:i + 1], observed_filled[i:i + 1][:, np.isfinite(observed[i])],
-                        [n for n, ok in zip(names, np.isfinite(observed[i])) if ok],
-                        obs_err[np.isfinite(observed[i])])[0]
-        for i in range(5)
-    ])
-    np.testing.assert_allclose(res.nll, nll_at_fit, rtol=1e-4, atol=1e-4)
-    # The evaluation's likelihood diagnostic is the same objective (up to the constant of the standardisation).
+
+    def nll_at(values, variance_at=None):
+        out = []
+        for i in range(len(values)):
+            ok = np.isfinite(observed[i])
+            at = None if variance_at is None else variance_at[i:i + 1]
+            out.append(independent_nll(model, values[i:i + 1], observed[i:i + 1][:, ok],
+                                       [n for n, k in zip(names, ok) if k], obs_err[ok], at)[0])
+        return np.array(out)
+
+    # The default (model_variance="fixed"): the model's variance at its forward prediction of the free tokens
+    # from the observed ones (the first candidate), held constant.
+    forward = model.perceive(observed, names, np.broadcast_to(obs_err, observed.shape),
+                             overflow="keep_informative").request(FREE)
+    at_forward = np.stack([forward[n] for n in FREE], 1)
+    np.testing.assert_allclose(res.nll, nll_at(res.values, at_forward), rtol=1e-4, atol=1e-4)
+    # model_variance="predicted": the Gaussian NLL with the model's variance at the fitted values.
+    predicted = model.invert(observed[:2], names, obs_err, free=FREE, model_variance="predicted", **FAST)
+    np.testing.assert_allclose(predicted.nll, nll_at(predicted.values), rtol=1e-4, atol=1e-4)
+    # The evaluation's likelihood diagnostic is that NLL (up to the constant of the standardisation).
     from stellarfm_jax.evaluation.inversion import likelihood_nll
 
     np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, np.broadcast_to(obs_err, observed.shape),
-                                              names), res.nll, rtol=1e-4, atol=1e-3)
+                                              names), nll_at(res.values), rtol=1e-4, atol=1e-3)
     # Laplace covariance: symmetric, positive definite where flagged ok, errors its diagonal.
     for i in np.flatnonzero(res.laplace_ok):
         cov = res.covariance[i]
@@ -140,9 +153,13 @@ def test_closed_loop_recovers_parameters_within_laplace_errors(trained_model):
     # Laplace errors are calibrated, not inflated: per-parameter 1-sigma coverage near 68%.
     assert np.all((coverage_1sigma > 0.5) & (coverage_1sigma < 0.85))
 
-    # The returned point is a local minimum of the documented objective (recomputed through request()).
+    # The returned point is a local minimum of the documented objective (recomputed through request(); the
+    # default model_variance="fixed" holds the model's variance at its forward prediction from the spectrum).
+    forward = model.perceive(observed, names, np.broadcast_to(obs_err, observed.shape),
+                             overflow="keep_informative").request(FREE)
+    at_forward = np.stack([forward[n] for n in FREE], 1)
     for i in (3, 120):
-        args = (observed[i:i + 1], names, obs_err)
+        args = (observed[i:i + 1], names, obs_err, at_forward[i:i + 1])
         best = independent_nll(model, res.values[i:i + 1], *args)[0]
         np.testing.assert_allclose(res.nll[i], best, rtol=1e-4)
         assert best <= independent_nll(model, np.tile(model.vocab.centre[-3:], (1, 1)), *args)[0]

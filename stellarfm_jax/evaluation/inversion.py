@@ -1,8 +1,9 @@
 """Evaluation task: differentiable inversion of real spectra against APOGEE (DESIGN §5, §7; issue 15).
 
 :func:`inversion_task` takes the first ``n_stars`` stars of a split with APOGEE teff, logg and m_h, fits teff, logg,
-m_h (and logebv when the vocabulary has it) to their flux tokens with their observed errors
-(:func:`stellarfm_jax.inversion.invert`, the prior fitted on the train split), and reports for each of teff, logg
+m_h (and logebv when the vocabulary has it) to their flux tokens and the colours the model was trained to output
+(``jh``), with their observed errors (:func:`stellarfm_jax.inversion.invert` with its defaults, the prior fitted on
+the train split; :func:`observed_names`), and reports for each of teff, logg
 and m_h the robust scatter and bias against APOGEE and the calibration (z = (fit - APOGEE) / sqrt(fit error^2 +
 APOGEE error^2): robust std, fraction within 1 and 2 sigma) next to
 
@@ -11,8 +12,8 @@ APOGEE error^2): robust std, fraction within 1 and 2 sigma) next to
   (:func:`stellarfm_jax.evaluation.emulator.fit_labels_chi2`, its default objective).
 
 It also counts the flagged fits and their reasons, times the inversion, and says whether a bad fit is the optimiser's
-or the model's (``likelihood_check``: how often the model's likelihood is higher at the catalogue's labels than at
-the fit; :func:`likelihood_nll`). :func:`inversion_figure` draws recovered
+or the model's (``likelihood_check``: how often the model's likelihood, with its predicted variance, is higher at
+the catalogue's labels than at the fit; :func:`likelihood_nll`). :func:`inversion_figure` draws recovered
 vs APOGEE and the z histograms.
 """
 
@@ -48,6 +49,12 @@ def _method_stats(values, errors, truth, truth_err) -> dict:
     return out
 
 
+def observed_names(vocab) -> list[str]:
+    """The tokens the inversion task fits: the spectrum, then the colours among the model's trained outputs."""
+    outputs = set(vocab.outputs)
+    return list(vocab.group_names("spectrum")) + [n for n in vocab.group_names("colour") if n in outputs]
+
+
 def likelihood_nll(model, theta, free, observed, errors, names) -> np.ndarray:
     """The inversion's likelihood term, 0.5 sum_j [(y_j - mu_j)^2 / V_j + ln V_j] in standardised units over the
     observed (finite) tokens, at the physical free values ``theta`` [N, F], from the public ``perceive`` /
@@ -77,7 +84,9 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     truth_all = split_data.values[:, cols].astype(np.float64)
     stars = np.flatnonzero(np.isfinite(truth_all).all(axis=1))[:n_stars]
     truth, truth_err = truth_all[stars], split_data.errors[stars][:, cols].astype(np.float64)
-    flux = list(vocab.group_names("spectrum"))
+    # Observed: the spectrum and the colours the model was trained to output (jh; bprp and jk were never
+    # requested in training, so the model cannot be asked to reproduce them).
+    flux = observed_names(vocab)
     fcols = vocab.ids(flux) - 1
     obs, err = split_data.values[stars][:, fcols], split_data.errors[stars][:, fcols]
     free = default_free_names(vocab)
