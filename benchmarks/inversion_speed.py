@@ -1,5 +1,5 @@
 """Inversion speed on real spectra: stars/s of ``stellarfm_jax.inversion.invert`` for N test-split stars (their flux
-tokens with the observed errors; free teff, logg, m_h, logebv; default settings, the prior fitted on the train
+tokens and jh with the observed errors, as the evaluation's inversion task; free teff, logg, m_h, logebv; default settings, the prior fitted on the train
 split), batched, after a warm-up call that compiles.
 
     python benchmarks/inversion_speed.py [--model small] [--stars 1000] [--data FILE.h5] [--batch-size N]
@@ -22,6 +22,7 @@ import numpy as np
 
 from stellarfm_jax import data as data_lib
 from stellarfm_jax import resolve_model
+from stellarfm_jax.evaluation.inversion import observed_names
 from stellarfm_jax.inversion import InversionPrior, default_free_names, invert
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -40,7 +41,7 @@ def main(argv=None) -> dict:
     path = pathlib.Path(args.data) if args.data else data_lib.default_dataset_path(schema=model.vocab.schema)
     ds = data_lib.read_dataset(path)
     prior = InversionPrior.fit(ds.train.values, model.vocab, default_free_names(model.vocab))
-    flux = list(model.vocab.group_names("spectrum"))
+    flux = observed_names(model.vocab)
     cols = model.vocab.ids(flux) - 1
     test = ds.test
     idx = np.resize(np.arange(len(test)), args.stars)  # repeats the split when more stars are asked for

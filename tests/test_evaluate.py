@@ -462,6 +462,17 @@ def test_the_inversion_task_gets_the_emulator_and_reports_its_table(tmp_path, mo
     with pytest.raises(ValueError, match="'inversion' is selected but switched off: EvalSettings.inversion_stars is 0"):
         ev.select_tasks(ev.EvalSettings.quick(tasks=("inversion",)))
 
+    # When the inversion observes more than the emulator task's outputs (e.g. the spectrum and jh), its χ² reference
+    # is an emulator of exactly the observed tokens, fitted with the same settings.
+    observed = list(_FakeEmulator.flux_names) + ["logebv"]
+    monkeypatch.setattr(inversion, "observed_names", lambda vocab: observed)
+    kwargs = []
+    monkeypatch.setattr(em, "fit_emulator", lambda *a, **k: kwargs.append(k) or fitted.append(_FakeEmulator(7)) or fitted[-1])
+    calls.clear()
+    ev.run_evaluation(model, data, "test", tmp_path / "again", settings, log=lambda *a: None)
+    assert [k.get("flux_names") for k in kwargs] == [None, observed]
+    assert calls == [(model, data, 40, 5, fitted[-1])]
+
 
 # ----------------------------------------------------------------------------- the shipped model on real stars
 @pytest.fixture(scope="module")
@@ -474,6 +485,17 @@ def real():
         pytest.skip(f"embedded real data set unavailable: {err}")
     model = pretrained("small")
     return model, dataset, dataset.test.subset(np.arange(256))
+
+
+def test_whole_real_spectra_and_colours_fit_the_shipped_models_context(real):
+    """Every test star's whole XP spectrum plus its colours is answered by perceive with the default options
+    (no overflow error): the shipped schema's 57 flux tokens + 3 colours fit the 64-slot context."""
+    model, _, stars = real
+    names = list(model.vocab.group_names("spectrum")) + list(model.vocab.group_names("colour"))
+    values = stars.values[:, model.vocab.ids(names) - 1]
+    assert len(names) <= model.context_length and (np.isfinite(values).sum(axis=1) == len(names)).mean() > 0.9
+    res = model.perceive(values, names).request(["teff", "logg", "m_h"])
+    assert np.isfinite(res["teff"]).all() and np.isfinite(res["teff_error"]).all()
 
 
 def test_tasks_on_the_shipped_model(real):
@@ -493,9 +515,10 @@ def test_tasks_on_the_shipped_model(real):
     assert np.isfinite(nro["bprp"]["scatter"])
 
     l2s = ev.labels_to_spectra(model, stars)
-    assert len(l2s["median_fractional_residual"]) == 85 and l2s["n_stars"] > 150
+    n_flux = len(model.vocab.group_names("spectrum"))
+    assert len(l2s["median_fractional_residual"]) == n_flux and l2s["n_stars"] > 150
     s2s = ev.spectrum_to_spectrum(model, stars)
-    assert len(s2s["blue_from_red"]["requests"]) + len(s2s["red_from_blue"]["requests"]) == 85
+    assert len(s2s["blue_from_red"]["requests"]) + len(s2s["red_from_blue"]["requests"]) == n_flux
     assert set(s2s["blue_from_red"]["requests"]) == set(s2s["red_from_blue"]["inputs"])
 
     kiel = ev.kiel_diagram(model, 11, 6)

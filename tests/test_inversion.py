@@ -77,8 +77,16 @@ def test_inversion_minimises_the_documented_objective(random_model):
     # The evaluation's likelihood diagnostic is that NLL (up to the constant of the standardisation).
     from stellarfm_jax.evaluation.inversion import likelihood_nll
 
-    np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, np.broadcast_to(obs_err, observed.shape),
-                                              names), nll_at(res.values), rtol=1e-4, atol=1e-3)
+    errors = np.broadcast_to(obs_err, observed.shape)
+    np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, errors, names), nll_at(res.values),
+                               rtol=1e-4, atol=1e-3)
+    # ... or, with the variance at the forward prediction, the default fit's own objective.
+    from stellarfm_jax.evaluation.inversion import forward_free_values
+
+    at = forward_free_values(model, observed, errors, names, FREE)
+    np.testing.assert_allclose(at, at_forward)
+    np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, errors, names, at), res.nll,
+                               rtol=1e-4, atol=1e-3)
     # Laplace covariance: symmetric, positive definite where flagged ok, errors its diagonal.
     for i in np.flatnonzero(res.laplace_ok):
         cov = res.covariance[i]

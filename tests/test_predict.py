@@ -117,3 +117,19 @@ def test_gaia_archive_rows(tmp_path, capsys):
     cols = read_csv_columns(tmp_path / "o.csv")
     assert len(cols["teff"]) == len(rows) - 1 and np.isfinite(cols["teff"]).all()
     assert cols["source_id"].tolist() == [float(r[0]) for r in rows[1:]]
+
+
+def test_the_shipped_model_answers_a_real_archive_star_with_no_option(tmp_path):
+    """18 Sco (a solar twin) from Gaia DR3 archive rows: its whole XP spectrum fits the shipped model's context, so
+    the predict command needs no --overflow option, and the answer agrees with the literature within 2 sigma
+    (Teff 5810 K, logg 4.44, [Fe/H] +0.05; the 18Sco file's README)."""
+    source = SHARED / "realdata" / "gaiaxpy_archive_rows" / "18Sco-XP-spectra.csv"
+    if not source.is_file():
+        pytest.skip(f"shared real data not found at {source}")
+    out = tmp_path / "18sco.csv"
+    assert main(["--model", "small", "--input", str(source), "--request", "teff,logg,m_h", "--output", str(out),
+                 "--no-progress"]) == 0
+    cols = read_csv_columns(out)
+    assert len(cols["teff"]) == 1 and cols["n_out_of_range"][0] == 0
+    for name, literature in (("teff", 5810.0), ("logg", 4.44), ("m_h", 0.05)):
+        assert abs(cols[name][0] - literature) < 2 * cols[f"{name}_error"][0], (name, cols[name][0], cols[f"{name}_error"][0])

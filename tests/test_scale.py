@@ -107,7 +107,8 @@ def test_cli_trains_tiny_config_on_four_devices(tmp_path):
     proc = _run([sys.executable, "-m", "stellarfm_jax.train", "--config", "tiny", "--workdir", str(work),
                  "--data", str(data), "--no-progress", "--set", "train.data_parallel=true", "--set", "train.epochs=2",
                  "--set", "train.length_buckets=2", "--set", "train.micro_batch_size=8"],
-                {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}, timeout=600)
+                {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+                 "JAX_PLATFORMS": "cpu"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 device(s)" in proc.stdout + proc.stderr
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]

@@ -121,7 +121,8 @@ diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
 print("max param diff", diff)
 assert diff < 1e-5, diff
 """
-    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    environ = __import__("os").environ
+    env = {**environ, "XLA_FLAGS": environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
 

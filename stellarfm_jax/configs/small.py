@@ -1,17 +1,24 @@
-"""The CPU default: the model we can train on the ~32k-star real training split in about 1.1 hours on
-two idle CPU cores (the README's main command).
+"""The CPU default: the model we can train on the ~32k-star real training split in about 2.1 hours on two
+idle CPU cores (the README's main command; the shipped model).
 
 Choices against the paper config, and why:
 - D=64, 8 heads, dense 256 / 512: ~5x fewer FLOPs per star than the paper's model, so a CPU sees
   enough epochs for the labels (not only the spectra) to be learned.
+- the ``xp_coarse`` schema (57 flux tokens of 12 nm, flux relative to the G band, of order 1): a whole
+  spectrum plus the colours is 60 tokens and fits the 64-slot context (docs/data.md).
+- task-aware contexts for 60% of the stars (sampling.py): labels -> the spectrum (25%), the whole
+  spectrum + colours -> labels (25%), one half of the spectrum -> the other (10%); the paper's random
+  subsets for the rest. Against the same recipe with random subsets only, every validation label and the
+  labels -> spectrum residual were better at equal epochs (docs/evaluation.md).
 - 4 requests per star per step (drawn without replacement): the same objective with 4x the
   supervision per encoder pass (requests do not attend to each other).
-- label tokens are requested 4x as often as a flux token: ~85 flux tokens would otherwise take 90%
+- label tokens are requested 4x as often as a flux token: the flux tokens would otherwise take most
   of the requests while the labels are what users ask for most.
 - lr 1e-3 with one cosine cycle over the run (SGDR period = epochs), since the run is short.
 - no dropout: at this size and length the model under-fits rather than over-fits.
-- micro-batches of 32 and 4 length buckets: the CPU speed options (same objective); 150 epochs took 1.06 h of
-  epoch time on 2 idle cores (Zen 4, 2026-11-29; the shipped model's TRAINING.md).
+- micro-batches of 32 (the CPU speed option, same objective); no length buckets, because a bucket caps
+  its rows' context and a template shows whole token groups. ~50 s per epoch on 2 idle cores, 150
+  epochs ~2.1 h (Zen 4, 2026-12-01; the shipped model's TRAINING.md).
 """
 
 from stellarfm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -32,9 +39,10 @@ def get_config() -> Config:
             output_weights=(("teff", 4.0), ("logg", 4.0), ("m_h", 4.0), ("alpha_m", 4.0), ("logebv", 4.0)),
             eval_every_epochs=5, checkpoint_every_epochs=5, keep_checkpoints=2, best_metric="label_scatter",
             val_max_stars=4096,
-            # CPU speed options (the same objective, docs/performance.md): gradient accumulation over
-            # cache-sized micro-batches and stratified padding with length buckets (~1.5-2x on 2 cores).
-            micro_batch_size=32, length_buckets=4,
+            # CPU speed option (the same objective, docs/performance.md): gradient accumulation over
+            # cache-sized micro-batches.
+            micro_batch_size=32, length_buckets=1,
+            task_probabilities=(("labels_to_spectrum", 0.25), ("spectrum_to_labels", 0.25), ("half_spectrum", 0.1)),
         ),
-        data=DataConfig(schema="xp_sampled"),
+        data=DataConfig(schema="xp_coarse"),
     )

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..inversion import MISSING_AT_OR_BELOW, InversionPrior, default_free_names, invert
+from ..inversion import MISSING_AT_OR_BELOW, InversionPrior, InversionSettings, default_free_names, invert
 from .common import calibration_stats, masked_inputs, paper_input_sets, predict_tokens, residual_stats
 
 HEADLINE = ("teff", "logg", "m_h")
@@ -55,19 +55,29 @@ def observed_names(vocab) -> list[str]:
     return list(vocab.group_names("spectrum")) + [n for n in vocab.group_names("colour") if n in outputs]
 
 
-def likelihood_nll(model, theta, free, observed, errors, names) -> np.ndarray:
+def likelihood_nll(model, theta, free, observed, errors, names, variance_at=None) -> np.ndarray:
     """The inversion's likelihood term, 0.5 sum_j [(y_j - mu_j)^2 / V_j + ln V_j] in standardised units over the
     observed (finite) tokens, at the physical free values ``theta`` [N, F], from the public ``perceive`` /
     ``request`` API: evaluated at the catalogue's labels and at the fit it says whether a bad fit is the
-    optimiser's failure (the labels score better) or the model's (its likelihood prefers the fit)."""
+    optimiser's failure (the labels score better) or the model's (its likelihood prefers the fit). The model's
+    variance in V is its prediction at ``theta`` (``model_variance="predicted"``) or at ``variance_at`` [N, F]
+    (``"fixed"``: the forward prediction of the free tokens, see :func:`forward_free_values`)."""
     res = model.perceive(theta, list(free)).request(list(names))
+    at = res if variance_at is None else model.perceive(variance_at, list(free)).request(list(names))
     ids = model.vocab.ids(list(names)) - 1
     scale = model.vocab.scale[ids]
     mu = np.stack([res[n] for n in names], 1) / scale
-    var = (np.nan_to_num(errors) / scale) ** 2 + (np.stack([res[f"{n}_error"] for n in names], 1) / scale) ** 2
+    var = (np.nan_to_num(errors) / scale) ** 2 + (np.stack([at[f"{n}_error"] for n in names], 1) / scale) ** 2
     y = observed / scale
     terms = np.where(np.isfinite(y), (y - mu) ** 2 / var + np.log(var), 0.0)
     return 0.5 * terms.sum(axis=1)
+
+
+def forward_free_values(model, observed, errors, names, free) -> np.ndarray:
+    """[N, F] the model's forward prediction of the free tokens from the observed ones (physical): the inversion's
+    first candidate, where ``model_variance="fixed"`` takes the model's variance."""
+    res = model.perceive(observed, list(names), errors, overflow="keep_informative").request(list(free))
+    return np.stack([res[n] for n in free], 1)
 
 
 def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=None, prior="fit", log=print,
@@ -117,8 +127,10 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
         if name in free:
             have &= known[:, free.index(name)] > floor
     if have.any():
-        at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux)
-        at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux)
+        fixed = invert_options.get("model_variance", InversionSettings.model_variance) == "fixed"  # the fit's objective
+        at = forward_free_values(model, obs[have], err[have], flux, free) if fixed else None
+        at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux, at)
+        at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux, at)
         result["likelihood_check"] = {"stars": int(have.sum()),
                                       "fraction_truth_scores_better": float(np.mean(at_truth < at_fit)),
                                       "median_nll_truth_minus_fit": float(np.median(at_truth - at_fit))}

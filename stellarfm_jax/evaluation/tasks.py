@@ -184,16 +184,25 @@ register(Task(
     section=_l2s_section, summary=_l2s_summary, description="every flux token from the stars' labels"))
 
 
-def _emulator_run(ctx):
+def _fit_emulator(ctx, flux_names=None):
+    """The evaluation's emulator (its settings) of ``flux_names`` (default the spectrum), fit on the train split."""
     from . import emulator as em
 
-    s, vocab = ctx.settings, ctx.model.vocab
+    s = ctx.settings
     train = ctx.dataset.train
     if s.emulator_max_train is not None:
         train = train.subset(np.arange(min(s.emulator_max_train, len(train))))
     config = dataclasses.replace(em.EmulatorConfig(), **dict(s.emulator_config))
-    emulator = em.fit_emulator(vocab, train.values, train.errors, ctx.dataset.val.values, ctx.dataset.val.errors,
-                               config=config, seed=s.emulator_seed)
+    outputs = {} if flux_names is None else {"flux_names": flux_names}
+    return em.fit_emulator(ctx.model.vocab, train.values, train.errors, ctx.dataset.val.values, ctx.dataset.val.errors,
+                           config=config, seed=s.emulator_seed, **outputs)
+
+
+def _emulator_run(ctx):
+    from . import emulator as em
+
+    vocab = ctx.model.vocab
+    emulator = _fit_emulator(ctx)
     labels = em.emulator_labels(emulator, vocab, ctx.data.values)
     stars = np.flatnonzero(np.isfinite(labels).all(axis=1))
     pred, sigma = em.emulate(emulator, labels[stars])
@@ -394,11 +403,19 @@ def _inversion_allowed(settings):
 
 
 def _inversion_run(ctx):
-    from .inversion import inversion_task
+    from .inversion import inversion_task, observed_names
 
-    emulator = ctx.results.get("emulator")  # its chi^2 fit is the classical reference, when the emulator task ran
+    # The classical reference, when the emulator task ran: the chi^2 fit of an emulator of the same observed tokens
+    # (the emulator task's own when they are its outputs, else one fitted with its settings).
+    emulator = ctx.results.get("emulator")
+    if emulator is not None:
+        emulator = emulator["emulator"]
+        observed = observed_names(ctx.model.vocab)
+        if list(emulator.flux_names) != observed:
+            ctx.log(f"[inversion] fitting the emulator of {len(observed)} observed tokens for the chi^2 reference")
+            emulator = _fit_emulator(ctx, observed)
     return inversion_task(ctx.model, ctx.dataset, ctx.data, n_stars=ctx.settings.inversion_stars,
-                          emulator=None if emulator is None else emulator["emulator"], log=ctx.log)
+                          emulator=emulator, log=ctx.log)
 
 
 def _inversion_figures(ctx, res, out):
