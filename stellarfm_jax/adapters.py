@@ -215,7 +215,8 @@ def extend_vocabulary(base: Vocabulary, names, values: np.ndarray, groups=None) 
 # ====================================================================================== object shell
 class AdaptedModel(StellarModel):
     """A base :class:`StellarModel` taught new tokens. ``perceive(...).request(...)`` accepts the new tokens as
-    inputs and as requests; old requests are answered with the untouched base weights.
+    inputs and as requests; old requests are answered with the untouched base weights (and, when every input is an
+    old token, by the base model's own compiled program: bit for bit its answers).
 
     ``save(path)`` writes only the adapter (new rows, LoRA factors, the new tokens' standardisation and the base
     model's fingerprint); :func:`load_adapter` attaches it to the same base model again.
@@ -238,8 +239,25 @@ class AdaptedModel(StellarModel):
     def predict_standardized(self, values, tokens, requests, return_attention: bool = False):
         if return_attention:
             raise NotImplementedError("attention maps of an adapted model are not implemented; use the base model's")
+        v = self.base.vocab.size
+        req = np.asarray(requests)
+        if req.ndim == 1 and not np.any(np.asarray(tokens) > v):
+            # Only old input tokens: the old requests go through the base model's own compiled program, so their
+            # answers are the base model's bit for bit whatever the compiler does with a different program.
+            old = req <= v
+            base = self.base.predict_standardized(values, tokens, jnp.asarray(req[old] if old.any() else req[:1]))
+            if old.all():
+                return base
+            new = predict_adapted(self.base.params, self.adapter, values, tokens, jnp.asarray(req[~old]),
+                                  config=self.model_config, base_vocab_size=v, scale=self.adapter_config.scale)
+            mean = np.empty((np.shape(values)[0], len(req)), np.float32)
+            logvar = np.empty_like(mean)
+            if old.any():
+                mean[:, old], logvar[:, old] = np.asarray(base[0]), np.asarray(base[1])
+            mean[:, ~old], logvar[:, ~old] = np.asarray(new[0]), np.asarray(new[1])
+            return mean, logvar, base[2]
         return predict_adapted(self.base.params, self.adapter, values, tokens, requests, config=self.model_config,
-                                base_vocab_size=self.base.vocab.size, scale=self.adapter_config.scale)
+                               base_vocab_size=v, scale=self.adapter_config.scale)
 
     def invert(self, *args, **kwargs):
         raise NotImplementedError("inversion through an adapted model is not implemented; invert with the base model")
