@@ -22,7 +22,7 @@ import numpy as np
 
 from stellarfm_jax import data as data_lib
 from stellarfm_jax import resolve_model
-from stellarfm_jax.evaluation.inversion import observed_names
+from stellarfm_jax.evaluation.inversion import observed_names, reason_counts
 from stellarfm_jax.inversion import InversionPrior, default_free_names, invert
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
            "model": args.model, "data": str(path), "stars": n, "seconds": res.seconds, "stars_per_s": n / res.seconds,
            "seconds_per_star": res.seconds / n, "cpu_seconds": cpu, "cpu_seconds_per_star": cpu / n,
            "compile_and_first_call_s": compile_s, "flagged": int(res.flagged.sum()),
+           "flag_reasons": reason_counts(res.reason),
            "median_steps": float(np.median(res.steps)), "prior": res.prior}
     print("| stars | seconds | stars/s | s/star | CPU s/star | flagged | median steps |\n|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {n} | {res.seconds:.1f} | {out['stars_per_s']:.2f} | {out['seconds_per_star']:.3f} | "
