@@ -12,8 +12,8 @@ APOGEE error^2): robust std, fraction within 1 and 2 sigma) next to
   (:func:`stellarfm_jax.evaluation.emulator.fit_labels_chi2`, its default objective).
 
 It also counts the flagged fits and their reasons, times the inversion, and says whether a bad fit is the optimiser's
-or the model's (``likelihood_check``: how often the model's likelihood, with its predicted variance, is higher at
-the catalogue's labels than at the fit; :func:`likelihood_nll`). :func:`inversion_figure` draws recovered
+or the model's (``likelihood_check``: how often the fit's own objective, the model's likelihood with the variance
+the fit used, is lower at the catalogue's labels than at the fit; :func:`likelihood_nll`). :func:`inversion_figure` draws recovered
 vs APOGEE and the z histograms.
 """
 
