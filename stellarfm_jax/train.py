@@ -11,6 +11,8 @@ from its latest readable checkpoint and continues exactly as an uninterrupted ru
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import pathlib
 import signal
@@ -42,6 +44,10 @@ from .train_state import TrainState
 VAL_KEY_DATA = 2**31 - 1  # fold_in constant for the fixed validation sampling key
 DEFAULT_LABELS = MONITOR_LABELS
 MAX_STEPS_PER_CALL = 16  # steps per device call: an interrupt is noticed within one call (~seconds on a CPU)
+# TrainConfig fields that only steer the host loop (how long to train, when to evaluate and save): they enter no
+# compiled program, so runs that differ only in them (e.g. a resume to more epochs) share the jitted functions.
+HOST_LOOP_FIELDS = ("epochs", "eval_every_epochs", "checkpoint_every_epochs", "checkpoint_every_minutes",
+                    "keep_checkpoints", "best_metric", "val_max_stars")
 
 
 @dataclass
@@ -216,7 +222,9 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
         shards = len(devices)
     steps_per_epoch = max(1, n_train // batch_size)
 
-    optimizer = make_optimizer(tcfg, steps_per_epoch)
+    per_call = steps_per_call(steps_per_epoch, steps_limit)
+    optimizer, output_weights, train_chunk = _training_programs(
+        _program_config(config), vocab, batch_size, steps_per_epoch, shards, batch_sharding, per_call)
     params = init_params(StellarPerceptron(mcfg, vocab.size), jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA - 1))
     state = TrainState.create(params, optimizer)
     train_data = to_star_data(vocab, dataset.train.values, dataset.train.errors)
@@ -224,13 +232,37 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
     # function with the same input shardings and share one compiled program (else a resume compiles it again).
     state, train_data = jax.device_put((state, train_data), replicated if replicated is not None else devices[0])
 
-    output_weights = output_weight_vector(vocab, _output_weights(config))
-    per_call = steps_per_call(steps_per_epoch, steps_limit)
-    train_chunk = epoch_function(config, vocab, optimizer, output_weights, batch_size=batch_size,
-                                 steps_per_epoch=steps_per_epoch, shards=shards, batch_sharding=batch_sharding,
-                                 steps_per_call=per_call)
     return Run(config, vocab, spec, optimizer, state, train_data, train_chunk, batch_size, steps_per_epoch, per_call,
                SamplingConfig.from_config(config), output_weights, shards, devices[0].platform)
+
+
+def _program_config(config: Config) -> Config:
+    """``config`` with the host-loop fields at their defaults: the part of it the compiled programs depend on."""
+    defaults = {k: getattr(type(config.train)(), k) for k in HOST_LOOP_FIELDS}
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **defaults))
+
+
+@functools.lru_cache(maxsize=8)
+def _training_programs(config: Config, vocab, batch_size: int, steps_per_epoch: int, shards: int, batch_sharding,
+                       steps_per_call: int):
+    """(optimizer, output weights, jitted epoch-chunk function) of a run, memoised (the vocabulary by identity):
+    fitting the same configuration on the same data set again in one process (a resume, a notebook) reuses the
+    traced and compiled programs instead of tracing the model again."""
+    optimizer = make_optimizer(config.train, steps_per_epoch)
+    output_weights = output_weight_vector(vocab, _output_weights(config))
+    return optimizer, output_weights, epoch_function(
+        config, vocab, optimizer, output_weights, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+        shards=shards, batch_sharding=batch_sharding, steps_per_call=steps_per_call)
+
+
+@functools.lru_cache(maxsize=8)
+def _validation_loss(config: Config, vocab, chunk: int) -> Callable:
+    """The jitted validation loss of a run: its objective on the paper's random contexts (memoised like
+    :func:`_training_programs`)."""
+    spec = ModelSpec(config.model, vocab.size)
+    output_weights = output_weight_vector(vocab, _output_weights(config))
+    return make_eval_loss(nll_loss(model_forward(spec)), token_sampler(output_weights, SamplingConfig.from_config(config)),
+                          chunk_size=chunk)
 
 
 def epoch_function(config: Config, vocab, optimizer, output_weights, *, batch_size: int, steps_per_epoch: int,
@@ -315,8 +347,7 @@ def _fit(config: Config, dataset: Dataset, workdir, progress: bool, log) -> Trai
     val = dataset.val.subset(slice(0, n_val))
     val_data = to_star_data(vocab, val.values, val.errors)
     chunk = min(run.batch_size, 1024)
-    eval_loss = make_eval_loss(nll_loss(model_forward(spec)), token_sampler(run.output_weights, run.sampling),
-                               chunk_size=chunk)
+    eval_loss = _validation_loss(_program_config(config), vocab, chunk)
     val_key = jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA)
     label_names = [n for n in DEFAULT_LABELS if n in vocab.names]
     label_inputs = spectra_colour_inputs(vocab, mcfg.context_length)

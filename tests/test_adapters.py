@@ -14,20 +14,20 @@ from stellarfm_jax.data import write_dataset
 from stellarfm_jax.finetune_tokens import main as finetune_main
 from stellarfm_jax.inference import StellarModel
 from stellarfm_jax.synthetic import make_synthetic_dataset
-from stellarfm_jax.train import fit
 from stellarfm_jax.vocab import robust_scale
+
+from conftest import WITHHELD
 
 NEW = "m_h"
 
 
 @pytest.fixture(scope="module")
-def setup():
-    """A tiny model trained on synthetic stars with m_h held out, and the full data set (m_h included)."""
-    full = make_synthetic_dataset(4000, seed=11)
-    held_out = full.without_tokens([NEW])
-    cfg = apply_overrides(load_config("tiny"), ["train.epochs=12"])
-    result = fit(cfg, held_out, log=lambda *a: None)
-    base = StellarModel(result.params, cfg.model, held_out.vocab, {"config": cfg.to_dict()})
+def setup(tiny_trained_without_m_h):
+    """A tiny model trained on synthetic stars with m_h held out (tests/conftest.py), and the full data set (m_h
+    included)."""
+    full, held_out, cfg, params = tiny_trained_without_m_h
+    assert NEW == WITHHELD
+    base = StellarModel(params, cfg.model, held_out.vocab, {"config": cfg.to_dict()})
     return full, base
 
 

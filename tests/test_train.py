@@ -23,11 +23,6 @@ from stellarfm_jax.train import export_checkpoint, fit, label_metrics, predictor
 QUIET = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module")
-def synthetic():
-    return make_synthetic_dataset(6000, seed=0)
-
-
 def tiny(*overrides):
     return apply_overrides(load_config("tiny"), list(overrides))
 
@@ -38,15 +33,14 @@ def small_data(seed: int = 1):
     return make_synthetic_dataset(300, seed=seed)
 
 
-def test_it_learns_a_held_out_token_with_calibrated_errors(synthetic):
-    """teff predicted from the other tokens: scatter < 30% of its spread, robust z std in [0.7, 1.4]."""
-    cfg = tiny("train.epochs=20", "train.eval_every_epochs=100")
-    result = fit(cfg, synthetic, **QUIET)
-    spec = ModelSpec(cfg.model, synthetic.vocab.size)
-    inputs = [n for n in synthetic.vocab.names if n != "teff"][: cfg.model.context_length]
-    m = label_metrics(predictor(result.params, spec, 256), synthetic.vocab, synthetic.test.values,
-                      synthetic.test.errors, inputs, ["teff"])
-    spread = np.nanstd(synthetic.test.values[:, synthetic.vocab.token_id("teff") - 1])
+def test_it_learns_a_held_out_token_with_calibrated_errors(tiny_trained_without_m_h):
+    """teff predicted from the other tokens by the tiny config trained 12 epochs on synthetic stars (the suite's
+    shared fit, tests/conftest.py): scatter < 30% of its spread, robust z std in [0.7, 1.4]."""
+    _, data, cfg, params = tiny_trained_without_m_h
+    spec = ModelSpec(cfg.model, data.vocab.size)
+    inputs = [n for n in data.vocab.names if n != "teff"][: cfg.model.context_length]
+    m = label_metrics(predictor(params, spec, 256), data.vocab, data.test.values, data.test.errors, inputs, ["teff"])
+    spread = np.nanstd(data.test.values[:, data.vocab.token_id("teff") - 1])
     print(f"teff scatter / spread = {m['teff_scatter'] / spread:.3f}, robust z std = {m['teff_z_std']:.3f}")
     assert m["teff_scatter"] < 0.3 * spread
     assert 0.7 <= m["teff_z_std"] <= 1.4
@@ -270,7 +264,7 @@ def test_ctrl_c_stops_within_a_call_checkpoints_the_last_epoch_and_resumes(tmp_p
     assert (work / "model").exists()
 
 
-def test_a_second_run_on_a_held_workdir_is_refused(synthetic, tmp_path):
+def test_a_second_run_on_a_held_workdir_is_refused(tmp_path):
     """Two trainings on one workdir: the second is refused naming the first (before any training)."""
     import subprocess
     import sys
@@ -284,7 +278,7 @@ def test_a_second_run_on_a_held_workdir_is_refused(synthetic, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WorkdirLockedError, match=f"pid {holder.pid}"):
-            fit(tiny(), synthetic, workdir=work, **QUIET)
+            fit(tiny(), small_data(), workdir=work, **QUIET)
     finally:
         holder.kill()
         holder.wait()

@@ -194,18 +194,23 @@ class StellarPerceptron(nn.Module):
         return self.decode(perception, tokens != 0, requests, deterministic)
 
 
-def init_params(model: StellarPerceptron, key) -> dict:
-    """Float32 parameters for ``model`` (shapes do not depend on T or R)."""
+def _init(model: StellarPerceptron, key) -> dict:
     values = jnp.zeros((1, 2), jnp.float32)
     tokens = jnp.ones((1, 2), jnp.int32)
-    # Jitted: eager initialisation runs op by op (about 30 s for the paper config on a CPU). The program (dozens of
-    # threefry draws, run once) takes XLA's CPU backend ~3x longer to optimise than to run unoptimised, so skip that.
-    def init(k):
-        return model.init({"params": k}, values, tokens, tokens[:, :1])["params"]
+    return model.init({"params": key}, values, tokens, tokens[:, :1])["params"]
 
+
+# Jitted: eager initialisation runs op by op (about 30 s for the paper config on a CPU). The program (dozens of
+# threefry draws, run once) takes XLA's CPU backend ~3x longer to optimise than to run unoptimised, so skip that.
+# The module is a static argument (flax modules hash by their fields): one trace per architecture per process.
+_init_jitted = jax.jit(_init, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def init_params(model: StellarPerceptron, key) -> dict:
+    """Float32 parameters for ``model`` (shapes do not depend on T or R)."""
     if isinstance(key, jax.core.Tracer):  # inside the caller's trace (eval_shape, jit): compiled with it
-        return init(key)
-    return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(key)
+        return _init(model, key)
+    return _init_jitted(model, key)
 
 
 def count_params(params) -> int:
