@@ -294,12 +294,16 @@ def _moments(params, theta, problem, spec: ModelSpec):
     return mean[0], model_var + problem["obs_var"]
 
 
-def _nll(params, theta, problem, spec: ModelSpec):
-    """Likelihood part of one star's objective."""
-    mean, var = _moments(params, theta, problem, spec)
+def _nll_of_moments(mean, var, problem):
+    """Likelihood part of one star's objective from the model's mean and total variance [S]."""
     resid = problem["obs_z"] - mean
     terms = jnp.where(problem["obs_mask"], resid**2 / var + jnp.log(var), 0.0)
     return 0.5 * jnp.sum(terms)
+
+
+def _nll(params, theta, problem, spec: ModelSpec):
+    """Likelihood part of one star's objective."""
+    return _nll_of_moments(*_moments(params, theta, problem, spec), problem)
 
 
 def _objective(params, theta, problem, prior, spec):
@@ -424,13 +428,14 @@ def laplace_covariance(hess):
     return cov, jnp.where(finite, ridge, 0.0), finite
 
 
-def fit_star(objective, candidates, settings: InversionSettings, curvature=None) -> dict:
+def fit_star(objective, candidates, settings: InversionSettings, curvature=None, screened=None) -> dict:
     """Minimise one star's ``objective(theta [F]) -> scalar`` (traceable) from candidates [C, F]: screen them, Adam
     from the ``settings.n_starts`` best, damped Newton from the best of those, Laplace covariance (module docstring).
     ``curvature(theta) -> (gradient, matrix)`` for Newton and Laplace; default the objective's exact Hessian.
+    ``screened`` [C]: the objective at the candidates when the caller has it already (else computed here).
     Returns theta [F], objective, covariance [F, F], ridge, hessian_finite, start_objective [n_starts],
     grad_finite, converged, steps, candidate (index of the winning candidate)."""
-    screened = _finite_or_inf(jax.vmap(objective)(candidates))  # [C]
+    screened = _finite_or_inf(jax.vmap(objective)(candidates) if screened is None else screened)  # [C]
     keep = jnp.argsort(screened)[: settings.n_starts]
     thetas, values, steps, finite = jax.vmap(lambda t: _adam(objective, t, settings))(candidates[keep])
     best = jnp.argmin(values)
@@ -445,16 +450,23 @@ def fit_star(objective, candidates, settings: InversionSettings, curvature=None)
 
 def _invert_one_star(params, prior, problem, candidates, spec, settings: InversionSettings):
     """One star: candidates [C, F] -> dict of its fit (see :func:`invert_batch`)."""
-    if settings.model_variance == "fixed":  # the model's variance at the forward prediction (candidate 0)
-        var_at_start = _moments(params, candidates[0], problem, spec)[1] - problem["obs_var"]
-        problem = {**problem, "model_var": jax.lax.stop_gradient(var_at_start)}
+    # The model once at every candidate: the screening objective and, for model_variance="fixed", the model's
+    # variance at the forward prediction (candidate 0). Each model evaluation written here is one more copy of
+    # the network in the compiled program, so none is repeated.
+    means, variances = jax.vmap(lambda t: _moments(params, t, problem, spec))(candidates)  # [C, S]
+    if settings.model_variance == "fixed":
+        problem = {**problem, "model_var": jax.lax.stop_gradient(variances[0] - problem["obs_var"])}
+        variances = jnp.broadcast_to(problem["model_var"] + problem["obs_var"], variances.shape)
+    screened = jax.vmap(lambda m, v, t: _nll_of_moments(m, v, problem) + neg_log_prior(t, prior))(
+        means, variances, candidates)
     objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
     curvature = None
     if settings.curvature == "fisher":
         curvature = functools.partial(grad_and_fisher, functools.partial(_moments, params, problem=problem, spec=spec),
                                       problem["obs_z"], problem["obs_mask"], functools.partial(neg_log_prior, prior=prior))
-    out = fit_star(objective, candidates, settings, curvature)
-    out["nll"] = _nll(params, out["theta"], problem, spec)
+    out = fit_star(objective, candidates, settings, curvature, screened)
+    # The likelihood part of the final objective (the network is not evaluated again for it).
+    out["nll"] = out["objective"] - neg_log_prior(out["theta"], prior)
     if "model_var" in problem:
         out["model_var"] = problem["model_var"]
     return out
