@@ -212,6 +212,22 @@ def test_epoch_function_compiles_once_across_epochs():
     assert run.train_chunk._cache_size() == 1
 
 
+def test_a_second_fit_reuses_the_programs_and_starts_afresh():
+    """Fitting the same configuration on the same data set again in one process (a resume, a notebook) reuses the
+    traced programs (also when only host-loop settings such as the epoch count differ), and starts from the
+    config's own initial state: the same parameters bit for bit, not a continuation of the first fit."""
+    from stellarfm_jax.train import _training_programs, setup_run
+
+    data = small_data(8)
+    first = fit(tiny("train.epochs=2"), data, **QUIET)
+    hits = _training_programs.cache_info().hits
+    second = fit(tiny("train.epochs=2", "train.eval_every_epochs=2"), data, **QUIET)
+    assert _training_programs.cache_info().hits == hits + 1
+    _params_close(first.params, second.params, atol=0)
+    assert setup_run(tiny("train.epochs=7"), data).train_chunk is setup_run(tiny(), data).train_chunk
+    assert setup_run(tiny("train.learning_rate=0.002"), data).train_chunk is not setup_run(tiny(), data).train_chunk
+
+
 def test_epoch_in_several_calls_equals_one_call():
     """Splitting an epoch over device calls (so Ctrl-C is noticed within seconds) runs the same batches."""
     from stellarfm_jax.train import run_epoch, setup_run
