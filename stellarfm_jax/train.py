@@ -327,7 +327,9 @@ def fit(config: Config, dataset: Dataset, workdir=None, progress: bool = False, 
     Returns the final parameters with the vocabulary and the per-evaluation history. Ctrl-C stops at the next
     device call (seconds), checkpoints the last finished epoch and returns with ``interrupted=True``; running
     the same command again resumes from there. A workdir is held by one run at a time
-    (:func:`stellarfm_jax.formats.workdir_lock`: a second run is refused naming the first).
+    (:func:`stellarfm_jax.formats.workdir_lock`: a second run is refused naming the first). Fitting the same
+    configuration on the same ``dataset`` object again in one process (a notebook, a resume) reuses the jitted
+    programs, so it does not trace or compile the model again; every fit starts from the config's initial state.
     """
     if workdir is None:
         return _fit(config, dataset, None, progress, log)
