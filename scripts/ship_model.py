@@ -7,8 +7,11 @@
 
 The model's metadata and TRAINING.md record the exact training command, the config, the data file's sha256
 (and the source file's), the epochs trained out of the planned epochs (``interim`` while the run is
-unfinished), the training time summed from ``metrics.jsonl``, where it was trained, the final metrics, and the inversion prior
-(a Gaussian mixture fitted on the train split) that ``invert(prior="auto")`` uses.
+unfinished), the training time summed from ``metrics.jsonl``, where it was trained, the final metrics, and what
+``invert`` uses by default: the prior (a Gaussian mixture fitted on the train split) and the model error (the residual
+covariance on train stars, the systematic floor calibrated on the validation split).
+
+    python scripts/ship_model.py --refresh-inversion stellarfm_jax/models/small  # only those, in place
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from stellarfm_jax.data import default_dataset_path, read_dataset  # noqa: E402
 from stellarfm_jax.data.library import sha256_of  # noqa: E402
-from stellarfm_jax.inversion import InversionPrior, default_free_names  # noqa: E402
+from stellarfm_jax.evaluation.inversion import observed_names  # noqa: E402
+from stellarfm_jax.inference import StellarModel  # noqa: E402
+from stellarfm_jax.inversion import (InversionPrior, calibrate_model_error, default_free_names,  # noqa: E402
+                                     measure_model_error)
 from stellarfm_jax.saved_model import load_model, save_model  # noqa: E402
 from stellarfm_jax.train import export_checkpoint  # noqa: E402
 
@@ -85,6 +91,41 @@ def training_command(config: dict, workdir) -> str:
     return " ".join([f"python -m stellarfm_jax.train --config {name} --workdir {workdir}"] + sets)
 
 
+def inversion_metadata(model, dataset, data_name: str, calibration_stars: int = 500, log=print) -> dict:
+    """What ``invert(prior="auto", model_error="auto")`` uses, so a shipped model inverts the same way without the
+    data set at hand: the prior (a Gaussian mixture on the train split) and the model error (the covariance of the
+    observed tokens' residuals on train stars, its systematic floor calibrated on ``calibration_stars`` of the
+    validation split)."""
+    free = default_free_names(model.vocab)
+    prior = InversionPrior.fit(dataset.train.values, model.vocab, free)
+    prior.info["source"] = f"train split of {data_name}"
+    t0 = time.perf_counter()
+    error = measure_model_error(model, dataset.train.values, dataset.train.errors, observed_names(model.vocab), free)
+    error = calibrate_model_error(model, error, dataset.val.values, dataset.val.errors, n_stars=calibration_stars,
+                                  prior=prior)
+    error.info["source"] = f"train split (covariance) and validation split (floor) of {data_name}"
+    log(f"[ship] inversion model error: {len(error.names)} tokens, floor "
+        + ", ".join(f"{n} {f:.3g}" for n, f in zip(error.free, error.floor)) + f" ({time.perf_counter() - t0:.0f} s)")
+    return {"inversion_prior": prior.to_dict(), "inversion_model_error": error.to_dict()}
+
+
+def refresh_inversion(dest, data: str | None = None) -> pathlib.Path:
+    """Recompute a shipped model's inversion metadata (prior and model error) in place; its parameters and the
+    rest of its metadata are unchanged."""
+    dest = pathlib.Path(dest)
+    params, model_config, vocab, meta = load_model(dest)
+    data_path = pathlib.Path(data or default_dataset_path(schema=vocab.schema))
+    meta.update(inversion_metadata(StellarModel(params, model_config, vocab, meta), read_dataset(data_path),
+                                   data_path.name))
+    meta["inversion_refreshed"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    record = (dest / "TRAINING.md").read_text() if (dest / "TRAINING.md").is_file() else None
+    save_model(dest, params, model_config, vocab, meta)  # a new directory: the training record is put back
+    dest.chmod(0o755)
+    if record is not None:
+        (dest / "TRAINING.md").write_text(record)
+    return dest
+
+
 def ship(workdir, name: str = "small", epoch: int | None = None, data: str | None = None, command: str | None = None,
          trained_on: str = "CPU (2 cores, float32)", dest=None) -> pathlib.Path:
     workdir = pathlib.Path(workdir)
@@ -107,10 +148,7 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
         shipped_date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         ship_command="python scripts/ship_model.py " + " ".join(sys.argv[1:]),
     )
-    # Inversion's prior="auto" uses this, so a shipped model inverts the same way without the data set at hand.
-    prior = InversionPrior.fit(dataset.train.values, vocab, default_free_names(vocab))
-    prior.info["source"] = f"train split of {data_path.name}"
-    meta["inversion_prior"] = prior.to_dict()
+    meta.update(inversion_metadata(StellarModel(params, model_config, vocab, meta), dataset, data_path.name))
     save_model(dest, params, model_config, vocab, meta)
     dest.chmod(0o755)  # the atomic save's temporary folder is private; a shipped model is package data
     (dest / "TRAINING.md").write_text(training_markdown(meta))
@@ -119,13 +157,20 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="training workdir (config.json, checkpoints/, metrics.jsonl)")
+    parser.add_argument("--workdir", default=None, help="training workdir (config.json, checkpoints/, metrics.jsonl)")
     parser.add_argument("--name", default="small", help="shipped model name (folder under stellarfm_jax/models/)")
     parser.add_argument("--epoch", type=int, default=None, help="checkpoint epoch (default: best by validation, else latest)")
     parser.add_argument("--data", default=None, help="the HDF5 file trained on (default: the config's / the embedded set)")
     parser.add_argument("--command", default=None, help="the exact training command (default: reconstructed from the config)")
     parser.add_argument("--trained-on", default="CPU (2 cores, float32)", help="where it was trained")
+    parser.add_argument("--refresh-inversion", default=None, metavar="MODEL_DIR",
+                        help="only recompute the inversion prior and model error of this shipped model, in place")
     args = parser.parse_args(argv)
+    if args.refresh_inversion:
+        print(f"refreshed the inversion metadata of {refresh_inversion(args.refresh_inversion, args.data)}")
+        return 0
+    if not args.workdir:
+        parser.error("--workdir is required (or --refresh-inversion MODEL_DIR)")
     dest = ship(args.workdir, args.name, args.epoch, args.data, args.command, args.trained_on)
     meta = json.loads((dest / "model.json").read_text())["metadata"]
     print(f"shipped {dest} (epoch {meta['epochs_trained']} of {meta['epochs_planned']}{', interim' if meta['interim'] else ''})")

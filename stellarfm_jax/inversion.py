@@ -18,6 +18,12 @@ free and fixed tokens). The objective is ``NLL(theta) - ln p(theta)`` with an op
 mixture over the free tokens fitted on the training split (:class:`InversionPrior`), a plain Gaussian of width
 ``prior_sigma`` around the training median, or none (flat).
 
+With a :class:`ModelError` (``model_error="auto"``: the model's stored one) the tokens are not independent: the
+likelihood is the Gaussian with covariance ``C = D R D`` (``D = diag(sqrt(V))`` at the fixed variance, ``R`` the
+covariance of the model's normalised residuals measured on training stars at their catalogue labels, which share a
+blue-red tilt on real XP spectra) and the observed values shifted by the residuals' mean, fitted by whitening with
+C's Cholesky factor; the calibrated systematic floor is added to the errors in quadrature.
+
 One star's fit (every star of a chunk in one jitted ``vmap``; the same program for every star, so a star's
 answer does not depend on its batch):
 
@@ -71,6 +77,28 @@ DEFAULT_FREE = ("teff", "logg", "m_h", "logebv")
 MISSING_AT_OR_BELOW = {"logebv": -7.0}
 EDGE_FRACTION = 0.005  # an optimum within this fraction of the training span of a bound is "at the edge"
 PRIOR_FORMAT = "stellarfm_jax.inversion_prior"
+MODEL_ERROR_FORMAT = "stellarfm_jax.inversion_model_error"
+
+
+def _save_json(doc: dict, path) -> pathlib.Path:
+    from .formats import atomic_file
+
+    path = pathlib.Path(path)
+    with atomic_file(path) as tmp:
+        pathlib.Path(tmp).write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def _load_json(path, what: str) -> dict:
+    from .errors import BadFileError, MissingFileError
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadFileError(f"{path}: not a JSON {what} ({err})") from None
 
 
 # ============================================================================== the prior
@@ -147,25 +175,11 @@ class InversionPrior:
         return cls(names=tuple(doc["names"]), info=dict(doc.get("info", {})), **arr)
 
     def save(self, path) -> pathlib.Path:
-        from .formats import atomic_file
-
-        path = pathlib.Path(path)
-        with atomic_file(path) as tmp:
-            pathlib.Path(tmp).write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        return _save_json(self.to_dict(), path)
 
     @classmethod
     def load(cls, path) -> "InversionPrior":
-        from .errors import BadFileError, MissingFileError
-
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"inversion prior file not found: {path}")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadFileError(f"{path}: not a JSON inversion prior ({err})") from None
-        return cls.from_dict(doc)
+        return cls.from_dict(_load_json(path, "inversion prior"))
 
     def log_prob(self, x) -> np.ndarray:
         """ln p(x) for x [N, P] physical (NumPy, float64)."""
@@ -246,6 +260,179 @@ def neg_log_prior(theta, prior):
     return -jax.scipy.special.logsumexp(prior["log_w"] + prior["log_norm"] - 0.5 * quad)
 
 
+# ============================================================================== the model error
+@dataclass(frozen=True, eq=False)
+class ModelError:
+    """The model's error as a generator of observed tokens, measured on training stars at their catalogue labels.
+
+    With the variance held at the forward prediction, V_j = e_j^2 + model variance, the normalised residuals
+    u_j = (y_j - mu_j(labels)) / sqrt(V_j) of real stars are neither independent nor centred: on the shipped
+    model's train split they share a blue-red tilt (one eigenvalue of their correlation is 35 of 58), the residual
+    of labels the model does not quite map to colour. ``invert`` then fits with the full covariance C = D R D
+    (D = diag(sqrt(V_j)), R = ``covariance``) and the observed values shifted by D ``mean``, instead of
+    independent tokens, and adds ``floor`` (physical, per free token) in quadrature to the fitted errors: the
+    systematic error left after that, calibrated on the validation split (:func:`calibrate_model_error`).
+
+    names [S] observed tokens; mean [S], covariance [S, S] of u; free [F] the free tokens the residuals were
+    measured with; floor [F]; info: how it was measured."""
+
+    names: tuple[str, ...]
+    mean: np.ndarray
+    covariance: np.ndarray
+    free: tuple[str, ...]
+    floor: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        s, f = len(self.names), len(self.free)
+        if np.shape(self.mean) != (s,) or np.shape(self.covariance) != (s, s) or np.shape(self.floor) != (f,):
+            raise ValueError(f"model error arrays do not match its {s} names and {f} free tokens: mean "
+                             f"{np.shape(self.mean)}, covariance {np.shape(self.covariance)}, floor {np.shape(self.floor)}")
+
+    def covers(self, names: Sequence[str]) -> bool:
+        return set(names) <= set(self.names)
+
+    def for_names(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [S'], covariance [S', S']) of the observed ``names`` in that order (a sub-matrix)."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ValueError(f"the model error was measured on {len(self.names)} tokens and does not cover the observed "
+                             f"{missing[:10]}; observe only its tokens or pass model_error=None")
+        idx = np.array([self.names.index(n) for n in names], dtype=int)
+        return self.mean[idx], self.covariance[np.ix_(idx, idx)]
+
+    def floor_for(self, free: Sequence[str]) -> np.ndarray:
+        """[F] the systematic floor of each free token (0 for tokens it was not calibrated for)."""
+        return np.array([self.floor[self.free.index(n)] if n in self.free else 0.0 for n in free])
+
+    def to_dict(self) -> dict:
+        return {"format": MODEL_ERROR_FORMAT, "version": 1, "names": list(self.names), "mean": self.mean.tolist(),
+                "covariance": self.covariance.tolist(), "free": list(self.free), "floor": self.floor.tolist(),
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "ModelError":
+        from .errors import BadFileError
+
+        if doc.get("format") != MODEL_ERROR_FORMAT:
+            raise BadFileError(f"not an inversion model error (format {doc.get('format')!r}, expected {MODEL_ERROR_FORMAT!r})")
+        try:
+            return cls(names=tuple(doc["names"]), mean=np.asarray(doc["mean"], np.float64),
+                       covariance=np.asarray(doc["covariance"], np.float64), free=tuple(doc["free"]),
+                       floor=np.asarray(doc["floor"], np.float64), info=dict(doc.get("info", {})))
+        except ValueError as err:
+            raise BadFileError(str(err)) from None
+
+    def save(self, path) -> pathlib.Path:
+        return _save_json(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path) -> "ModelError":
+        return cls.from_dict(_load_json(path, "inversion model error"))
+
+
+def _complete_stars(values, errors, vocab, names, free):
+    """Indices of the stars of a split ([N, V] vocabulary order) with every free token known (the data's floors
+    count as missing) and an observed token measured, and their (known [N', F], observed [N', S], errors)."""
+    values, errors = np.asarray(values, np.float64), np.asarray(errors, np.float64)
+    known = values[:, vocab.ids(list(free)) - 1]
+    obs, err = values[:, vocab.ids(list(names)) - 1], errors[:, vocab.ids(list(names)) - 1]
+    ok = np.isfinite(known).all(axis=1) & np.isfinite(obs).any(axis=1)
+    for j, n in enumerate(free):
+        if n in MISSING_AT_OR_BELOW:
+            ok &= known[:, j] > MISSING_AT_OR_BELOW[n]
+    idx = np.flatnonzero(ok)
+    return idx, known[idx], obs[idx], np.nan_to_num(err[idx])
+
+
+def normalised_residuals(model, known, free, observed, errors, names) -> np.ndarray:
+    """u [N, S] = (y - mu(known)) / sqrt(V): the observed tokens' residuals from the model's mean at the known free
+    values [N, F] (physical), over the fit's total sigma with the variance at the forward prediction (V = e^2 +
+    the model's variance given the observed tokens' forward prediction of the free ones), all through the public
+    ``perceive`` / ``request`` API."""
+    names, free = list(names), list(free)
+    at_truth = model.perceive(known, free).request(names)
+    forward_pred = model.perceive(observed, names, errors, overflow="keep_informative").request(free)
+    at_forward = model.perceive(np.stack([forward_pred[n] for n in free], 1), free).request(names)
+    mu = np.stack([at_truth[n] for n in names], 1)
+    var = np.stack([at_forward[f"{n}_error"] for n in names], 1) ** 2 + np.nan_to_num(errors) ** 2
+    return (np.asarray(observed, np.float64) - mu) / np.sqrt(var)
+
+
+def measure_model_error(model, values, errors, names: Sequence[str], free: Sequence[str] | None = None, *,
+                        n_stars: int = 4000, seed: int = 0, shrinkage: float = 0.05, clip: float = 8.0) -> ModelError:
+    """The mean and covariance of the normalised residuals (:func:`normalised_residuals`) of ``n_stars`` stars (a
+    seeded subset) of a split (``values``, ``errors`` [N, V] in vocabulary order, e.g. the train split) that have
+    every free token. Residuals are clipped to +-``clip`` (a few stars with wrong catalogue labels would otherwise
+    dominate); a missing token leaves its star out of that token's terms (pairwise-complete covariance); the
+    covariance is shrunk by ``shrinkage`` towards its diagonal and its eigenvalues held >= 1e-3 of the largest
+    variance, so its inverse is well conditioned. The floor is zero: :func:`calibrate_model_error` sets it."""
+    free = list(default_free_names(model.vocab) if free is None else free)
+    names = list(names)
+    if not 0.0 <= shrinkage < 1.0 or not clip > 0:
+        raise ValueError(f"shrinkage must be in [0, 1) and clip > 0, got {shrinkage}, {clip}")
+    idx, known, obs, err = _complete_stars(values, errors, model.vocab, names, free)
+    if len(idx) < 2 * len(names):
+        raise ValueError(f"{len(idx)} stars with every free and observed token are too few to measure a "
+                         f"{len(names)}-token covariance (need >= {2 * len(names)})")
+    pick = np.sort(np.random.default_rng(seed).permutation(len(idx))[:n_stars])
+    u = np.clip(normalised_residuals(model, known[pick], free, obs[pick], err[pick], names), -clip, clip)
+    have = np.isfinite(u)
+    if (have.sum(axis=0) < 2).any():
+        raise ValueError(f"tokens {[n for n, k in zip(names, have.sum(axis=0)) if k < 2]} are measured in fewer "
+                         "than 2 of the stars with every free token")
+    mean = np.nanmean(u, axis=0)
+    d = np.where(have, u - mean, 0.0)
+    pairs = have.T.astype(np.float64) @ have
+    cov = (d.T @ d) / np.maximum(pairs - 1.0, 1.0)
+    cov = (1.0 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov))
+    eig, vec = np.linalg.eigh(0.5 * (cov + cov.T))
+    cov = (vec * np.maximum(eig, 1e-3 * np.max(np.diag(cov)))) @ vec.T
+    return ModelError(names=tuple(names), mean=mean, covariance=cov, free=tuple(free),
+                      floor=np.zeros(len(free)), info={"n_stars": int(len(pick)), "seed": int(seed),
+                                                       "shrinkage": float(shrinkage), "clip": float(clip)})
+
+
+def calibration_floor(values, errors, truth, truth_errors, target: float = 0.6827) -> np.ndarray:
+    """[F] the smallest systematic floor f >= 0 per column such that a fraction ``target`` of |value - truth| /
+    sqrt(error^2 + truth_error^2 + f^2) is below 1 (0 where it already is). NaN rows are ignored."""
+    values, errors = np.atleast_2d(np.asarray(values, np.float64)), np.atleast_2d(np.asarray(errors, np.float64))
+    truth, truth_errors = np.atleast_2d(np.asarray(truth, np.float64)), np.atleast_2d(np.asarray(truth_errors, np.float64))
+    out = np.zeros(values.shape[1])
+    for j in range(values.shape[1]):
+        d, s2 = np.abs(values[:, j] - truth[:, j]), errors[:, j] ** 2 + np.nan_to_num(truth_errors[:, j]) ** 2
+        ok = np.isfinite(d) & np.isfinite(s2)
+        d, s2 = d[ok], s2[ok]
+        if not len(d) or np.mean(d**2 <= s2) >= target:
+            continue
+        lo, hi = 0.0, float(np.max(d))  # coverage is 1 at f = max |d|
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if np.mean(d**2 <= s2 + mid**2) >= target else (mid, hi)
+        out[j] = hi
+    return out
+
+
+def calibrate_model_error(model, model_error: ModelError, values, errors, *, n_stars: int = 500, prior="auto",
+                          target: float = 0.6827, **invert_options) -> ModelError:
+    """``model_error`` with its floor set on a calibration split (``values``, ``errors`` [N, V] in vocabulary
+    order; use the validation split, not the test split): the first ``n_stars`` stars with every free and observed
+    token are inverted with ``model_error`` (floor 0; ``invert_options`` as for :func:`invert`), and each free
+    token's floor is :func:`calibration_floor` of the fit against the catalogue (its errors included)."""
+    names, free = list(model_error.names), list(model_error.free)
+    idx, known, obs, err = _complete_stars(values, errors, model.vocab, names, free)
+    idx, known, obs, err = idx[:n_stars], known[:n_stars], obs[:n_stars], err[:n_stars]
+    if not len(idx):
+        raise ValueError("no star of the calibration split has every free and observed token")
+    known_err = np.asarray(errors, np.float64)[idx][:, model.vocab.ids(free) - 1]
+    unfloored = dataclasses.replace(model_error, floor=np.zeros(len(free)))
+    fit = invert(model, obs, names, err, free=free, prior=prior, model_error=unfloored, **invert_options)
+    floor = calibration_floor(fit.values, fit.errors, known, known_err, target)
+    info = {**model_error.info, "floor_calibration": {"n_stars": int(len(idx)), "target_coverage": float(target),
+                                                      "flagged": int(fit.flagged.sum())}}
+    return dataclasses.replace(model_error, floor=floor, info=info)
+
+
 # ============================================================================== the functional core
 MODEL_VARIANCES = ("predicted", "fixed")
 
@@ -290,8 +477,32 @@ def _moments(params, theta, problem, spec: ModelSpec):
     values = jnp.concatenate([theta, problem["fixed_z"]])[None, :]  # [1, F + K]
     tokens = jnp.concatenate([problem["free_ids"], problem["fixed_ids"]])[None, :]
     mean, logvar = forward.apply(params, values, tokens, problem["obs_ids"][None, :], spec=spec)
+    if "whiten" in problem:  # a model-error covariance: the whitened mean, unit variance (_with_model_error)
+        return problem["whiten"] @ mean[0], jnp.ones_like(mean[0])
     model_var = problem["model_var"] if "model_var" in problem else jnp.exp(logvar[0])
     return mean[0], model_var + problem["obs_var"]
+
+
+def _with_model_error(problem):
+    """One star's problem with a model-error correlation ``resid_corr`` [S, S] (and optional ``resid_mean`` [S]) of
+    the normalised residuals u = (y - mu) / sqrt(V) (measured on training stars at their catalogue labels) turned
+    into a whitened least-squares problem: total covariance C = D R D with D = diag(sqrt(V)) at the fixed variance,
+    the observed values shifted by the expected residual D m, and W = L^-1 (C = L L^T) applied to both sides, so
+    the objective 0.5 |W (y - D m - mu)|^2 is the Gaussian NLL with covariance C (up to a constant). Missing tokens
+    are decoupled (identity rows) and masked out of W. Without ``resid_corr``: the problem unchanged."""
+    if "resid_corr" not in problem:
+        return problem
+    mask = problem["obs_mask"]
+    d = jnp.where(mask, jnp.sqrt(problem["model_var"] + problem["obs_var"]), 1.0)
+    both = mask[:, None] & mask[None, :]
+    cov = jnp.where(both, problem["resid_corr"] * d[:, None] * d[None, :], jnp.eye(d.shape[0], dtype=d.dtype))
+    chol = jnp.linalg.cholesky(cov)
+    whiten = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d.shape[0], dtype=d.dtype), lower=True)
+    whiten = jax.lax.stop_gradient(whiten * mask[None, :])
+    shift = d * problem["resid_mean"] if "resid_mean" in problem else 0.0
+    y = whiten @ jnp.where(mask, problem["obs_z"] - shift, 0.0)
+    out = {k: v for k, v in problem.items() if k not in ("resid_corr", "resid_mean")}
+    return {**out, "whiten": whiten, "obs_z": y}
 
 
 def _nll_of_moments(mean, var, problem):
@@ -457,6 +668,10 @@ def _invert_one_star(params, prior, problem, candidates, spec, settings: Inversi
     if settings.model_variance == "fixed":
         problem = {**problem, "model_var": jax.lax.stop_gradient(variances[0] - problem["obs_var"])}
         variances = jnp.broadcast_to(problem["model_var"] + problem["obs_var"], variances.shape)
+        if "resid_corr" in problem:
+            problem = _with_model_error(problem)
+            means = means @ problem["whiten"].T
+            variances = jnp.ones_like(variances)
     screened = jax.vmap(lambda m, v, t: _nll_of_moments(m, v, problem) + neg_log_prior(t, prior))(
         means, variances, candidates)
     objective = functools.partial(_objective, params, problem=problem, prior=prior, spec=spec)
@@ -493,6 +708,7 @@ def importance_batch(params, prior, problems, theta, covariance, eps, *, spec: M
     [B, S, F], normalised log weights [B, S]) of the target exp(-objective) against the Laplace proposal."""
 
     def one(problem, mean, cov):
+        problem = _with_model_error(problem)
         chol = jnp.linalg.cholesky(cov + 1e-9 * jnp.eye(cov.shape[0]))
         samples = mean[None, :] + eps @ chol.T
         target = -jax.vmap(lambda t: _objective(params, t, problem, prior, spec))(samples)
@@ -534,7 +750,7 @@ class InversionResult:
     with the prior; ``start_nll`` [N, n_starts] the kept starts' objective after Adam; flags [N]:
     ``grad_finite``, ``laplace_ok`` (Hessian positive definite, no ridge), ``hessian_regularised``,
     ``converged``, ``at_edge``, ``flagged`` (any problem) and ``reason`` (why, '' when none); ``steps`` [N]
-    optimiser iterations; ``prior`` what prior was used; ``seconds`` wall time. With ``posterior_samples``:
+    optimiser iterations; ``prior`` what prior was used, ``model_error`` what model error; ``seconds`` wall time. With ``posterior_samples``:
     ``samples`` [N, S, F] (physical), ``log_weights`` [N, S] (normalised importance weights against the Laplace
     proposal) and ``ess`` [N] (effective sample size / S: near 1 when the Laplace Gaussian is adequate).
     """
@@ -556,6 +772,7 @@ class InversionResult:
     steps: np.ndarray
     prior: str
     seconds: float
+    model_error: str = "none"
     samples: np.ndarray | None = None
     log_weights: np.ndarray | None = None
     ess: np.ndarray | None = None
@@ -658,6 +875,31 @@ def resolve_prior(model, free: Sequence[str], prior="auto", prior_sigma: float |
             f"mixture({len(prior.weights)} components over {','.join(covered)})")
 
 
+def resolve_model_error(model, observed_names: Sequence[str], model_error="auto", model_variance: str = "fixed"):
+    """(ModelError or None, description) for ``model_error``: "auto" (the model's stored one,
+    ``metadata["inversion_model_error"]``, when it covers every observed token and the variance is fixed; else
+    none), None, a :class:`ModelError` or the path of its JSON."""
+    if isinstance(model_error, str) and model_error == "auto":
+        stored = model.metadata.get("inversion_model_error")
+        model_error = ModelError.from_dict(stored) if stored else None
+        if model_error is None or model_variance != "fixed" or not model_error.covers(observed_names):
+            return None, "none"
+    elif isinstance(model_error, (str, pathlib.Path)):
+        model_error = ModelError.load(model_error)
+    if model_error is None:
+        return None, "none"
+    if not isinstance(model_error, ModelError):
+        raise ValueError(f"model_error must be 'auto', None, a ModelError or a path to its JSON, got "
+                         f"{type(model_error).__name__}")
+    if model_variance != "fixed":
+        raise ValueError("a model error covariance needs model_variance='fixed' (it scales the variance at the "
+                         "forward prediction)")
+    model_error.for_names(observed_names)  # says which observed tokens it does not cover
+    floor = ", ".join(f"{n} {f:.3g}" for n, f in zip(model_error.free, model_error.floor) if f > 0)
+    return model_error, (f"covariance of {len(model_error.names)} tokens from {model_error.info.get('n_stars', '?')} "
+                         f"training stars" + (f"; floor {floor}" if floor else ""))
+
+
 def _support(model, free_ids, prior: InversionPrior | None, names):
     """Training range [F] low, high (physical) for the edge flag: the model's token_range, else the prior's."""
     if model.token_range is not None:
@@ -691,7 +933,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
            fixed=None, fixed_names: Sequence[str] = (), prior="auto", prior_sigma: float | None = None,
            steps: int = 30, learning_rate: float = 0.05, n_starts: int = 2, n_draws: int = 4, newton_steps: int = 10,
            patience: int = 5, curvature: str = "fisher", model_variance: str = "fixed",
-           posterior_samples: int = 0, seed: int = 0,
+           posterior_samples: int = 0, seed: int = 0, model_error="auto",
            chunk_size: int | None = None, progress: bool = False) -> InversionResult:
     """Fit ``free`` input tokens of N stars to observed tokens (typically a spectrum); see the module docstring.
 
@@ -713,7 +955,11 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
       model_variance: "fixed" (default: the model's variance at its forward prediction of the free tokens, held
         constant: a chi^2 fit with the model's error as a systematic floor) or "predicted" (its variance at the
         fitted values: the Gaussian NLL, which on real spectra drifts to where the model is less sure).
-      posterior_samples: Laplace importance samples per star (0 = none).
+      model_error: "auto" (default: the model's stored :class:`ModelError`, if it has one covering the observed
+        tokens: the fit then uses the residuals' covariance measured on training stars and adds the calibrated
+        systematic floor to the errors), None (independent tokens, no floor), a :class:`ModelError` or its JSON path.
+      posterior_samples: Laplace importance samples per star (0 = none; drawn from the fit's covariance without the
+        floor).
       seed: the draws around the forward prediction and the posterior samples (the same for every star).
       chunk_size: stars per device call (default 32 on a CPU, 1024 elsewhere).
     """
@@ -763,6 +1009,7 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         fixed_z, fixed_tok = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int32)
 
     prior_arrays, prior_obj, prior_text = resolve_prior(model, free, prior, prior_sigma)
+    model_err, model_err_text = resolve_model_error(model, observed_names, model_error, model_variance)
     settings = InversionSettings(int(steps), float(learning_rate), int(n_starts), int(patience), int(newton_steps),
                                  curvature=curvature, model_variance=model_variance)
     chunk = default_chunk_size() if chunk_size is None else int(chunk_size)
@@ -802,6 +1049,10 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         obs_z=obs_z.astype(np.float32), obs_var=obs_var.astype(np.float32), obs_mask=obs_mask,
         obs_ids=np.broadcast_to(obs_ids, obs.shape).astype(np.int32),
     )
+    if model_err is not None:
+        m_err, c_err = model_err.for_names(observed_names)
+        problems["resid_corr"] = np.broadcast_to(c_err.astype(np.float32), (n,) + c_err.shape)
+        problems["resid_mean"] = np.broadcast_to(m_err.astype(np.float32), (n, len(m_err)))
     keys = list(problems)
     prior_j = {k: jnp.asarray(v) for k, v in prior_arrays.items()}
 
@@ -823,6 +1074,8 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
     chex.assert_shape(theta, (n, len(free)))
     cov_z = np.asarray(out["covariance"], np.float64)
     cov_phys = cov_z * f_scale[None, :, None] * f_scale[None, None, :]
+    if model_err is not None:  # the systematic floor, in quadrature
+        cov_phys = cov_phys + np.diag(model_err.floor_for(free) ** 2)[None]
     values = theta * f_scale + f_centre
     errors = np.sqrt(np.diagonal(cov_phys, axis1=1, axis2=2))
     margin = np.where(np.isfinite(high - low), EDGE_FRACTION * (high - low), 0.0)
@@ -853,9 +1106,11 @@ def invert(model, observed, observed_names: Sequence[str], observed_errors=None,
         start_nll=np.asarray(out["start_objective"], np.float64), grad_finite=grad_finite,
         laplace_ok=hess_finite & (ridge == 0), hessian_regularised=~hess_finite | (ridge > 0), converged=converged,
         at_edge=edge.any(axis=1), reason=reasons, steps=np.asarray(out["steps"]),
-        prior=prior_text, seconds=seconds, samples=samples, log_weights=log_weights, ess=ess)
+        prior=prior_text, model_error=model_err_text, seconds=seconds, samples=samples, log_weights=log_weights, ess=ess)
 
 
-__all__ = ["DEFAULT_FREE", "InversionPrior", "InversionResult", "InversionSettings", "auto_prior", "default_free_names",
+__all__ = ["DEFAULT_FREE", "InversionPrior", "InversionResult", "InversionSettings", "ModelError", "auto_prior",
+           "calibrate_model_error", "calibration_floor", "default_free_names", "measure_model_error",
+           "normalised_residuals", "resolve_model_error",
            "fit_star", "flag_reasons", "grad_and_fisher", "grad_and_hessian", "flat_prior_arrays", "gaussian_prior_arrays", "importance_batch", "invert", "invert_batch",
            "laplace_covariance", "mixture_prior_arrays", "neg_log_prior", "resolve_prior"]

@@ -22,8 +22,9 @@ from . import cli
 from .tables import DEFAULT_READ_ROWS, FORMATS, check_paths, count_rows, detect_format, read_blocks, write_table
 
 DESCRIPTION = """Fit free tokens (default teff, logg, m_h, logebv) to every star of a catalogue by differentiable
-inversion of the model (candidates from its own forward prediction, a prior fitted on the training split, Adam then
-damped Newton, Laplace errors).
+inversion of the model (candidates from its own forward prediction, a prior fitted on the training split, the
+model's residual covariance measured on training stars, Adam then damped Newton, Laplace errors with a calibrated
+systematic floor).
 
 Inputs: those of the predict command (our HDF5 data set with --split, a CSV with token-name and <token>_error
 columns and an optional source_id column, Gaia archive XP_CONTINUOUS rows). Output (.csv or .h5): one row per input
@@ -49,6 +50,10 @@ def build_parser():
     p.add_argument("--prior", default="auto", metavar="auto|none|FILE.json",
                    help="prior over the free tokens: auto (the model's, else fitted on the train split of the "
                         "embedded data set), none (flat), or an InversionPrior JSON file")
+    p.add_argument("--model-error", default="auto", metavar="auto|none|FILE.json",
+                   help="the model's error as a generator: auto (the model's stored residual covariance and "
+                        "systematic floor, when it covers the observed tokens), none (independent tokens, no floor), "
+                        "or a ModelError JSON file")
     p.add_argument("--steps", type=int, default=30, metavar="N", help="Adam iterations at most per start")
     p.add_argument("--starts", type=int, default=2, metavar="N", help="starting points kept per star")
     p.add_argument("--newton-steps", type=int, default=10, metavar="N", help="damped Newton iterations at most")
@@ -85,9 +90,9 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
                      batch_size: int | None = None, progress: bool = True, steps: int = 30,
                      n_starts: int = 2, newton_steps: int = 10, curvature: str = "fisher",
-                     model_variance: str = "fixed") -> dict:
+                     model_variance: str = "fixed", model_error="auto") -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
-    Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior."""
+    Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior, model_error."""
     from .inversion import default_free_names, invert, resolve_prior
 
     t0 = time.perf_counter()
@@ -108,6 +113,8 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
         raise cli.BadInputError(str(err)) from err
     fmt = detect_format(input_path) if fmt == "auto" else fmt
     counts = dict(flagged=0, fitted=0, no_data=0)
+    model_error = None if model_error in (None, "none") else model_error
+    used = set()
 
     def answer(block, first_row):
         obs_cols = _columns(block.names, list(observe), vocab, "--observe")
@@ -126,7 +133,8 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
                              free=free, fixed=block.values[rows][:, fix_cols] if fix_cols else None,
                              fixed_names=[block.names[j] for j in fix_cols], prior=prior_obj, chunk_size=batch_size,
                              steps=steps, n_starts=n_starts, newton_steps=newton_steps, curvature=curvature,
-                             model_variance=model_variance)
+                             model_variance=model_variance, model_error=model_error)
+                used.add(res.model_error)
             except cli.UserError:
                 raise
             except ValueError as e:
@@ -148,7 +156,7 @@ def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: s
     seconds = time.perf_counter() - t0
     return {"stars": n_stars, **counts, "seconds": seconds,
             "stars_per_s": n_stars / seconds if seconds > 0 else float("nan"), "output": str(output_path),
-            "prior": prior_text}
+            "prior": prior_text, "model_error": "; ".join(sorted(used)) or "none"}
 
 
 def _empty_columns(free: list[str], n: int) -> dict:
@@ -175,9 +183,9 @@ def main(argv=None) -> int:
                              cli.split_list(args.observe) or ["spectrum"], cli.split_list(args.fixed), args.prior,
                              args.read_rows, args.batch_size, progress=not args.no_progress, steps=args.steps,
                              n_starts=args.starts, newton_steps=args.newton_steps, curvature=args.curvature,
-                             model_variance=args.model_variance)
+                             model_variance=args.model_variance, model_error=args.model_error)
         print(f"inverted {s['stars']:,} stars -> {s['output']} in {s['seconds']:.1f} s ({s['stars_per_s']:,.2f} "
-              f"stars/s; prior {s['prior']}); {s['flagged']:,} flagged (see the reason column), {s['no_data']:,} "
+              f"stars/s; prior {s['prior']}; model error {s['model_error']}); {s['flagged']:,} flagged (see the reason column), {s['no_data']:,} "
               f"without an observed value")
 
     return cli.run_command(work)

@@ -321,3 +321,139 @@ def test_prior_fit_save_load_and_marginal(tmp_path):
     assert np.all(marginal["precision"][:, 1, :] == 0)
     with pytest.raises(ValueError, match="too few"):
         InversionPrior.fit(a[:3], vocab, ["teff", "logg"], n_components=2)
+
+
+# ------------------------------------------------------------------ the model error (residual covariance, floor)
+def _model_error_for(model, names, seed=0):
+    """A ModelError over ``names`` with a known, strongly correlated residual covariance and mean."""
+    from stellarfm_jax.inversion import ModelError
+
+    rng = np.random.default_rng(seed)
+    s = len(names)
+    tilt = np.linspace(-1.0, 1.0, s)
+    cov = 0.5 * np.eye(s) + 0.8 * np.outer(tilt, tilt) + 0.1 * np.ones((s, s))
+    return ModelError(names=tuple(names), mean=0.2 * rng.standard_normal(s), covariance=cov, free=tuple(FREE),
+                      floor=np.array([50.0, 0.0, 0.05]), info={"n_stars": 0})
+
+
+def test_the_model_error_fit_is_the_gaussian_nll_with_the_full_covariance(random_model):
+    """With a ModelError the fit minimises 0.5 r^T C^-1 r, r = y - D m - mu, C = D R D, D = sqrt(V) at the
+    forward prediction (computed here in float64 NumPy from the public API), missing tokens dropped from C; the
+    floor is added in quadrature to the errors; identity R, zero mean and floor give the plain fit."""
+    from stellarfm_jax.evaluation.inversion import forward_free_values, likelihood_nll
+    from stellarfm_jax.inversion import ModelError
+
+    model, ds = random_model
+    names = spectrum_names(model)
+    idx = [model.vocab.token_id(n) - 1 for n in names]
+    observed = ds.test.values[:5][:, idx].astype(np.float64)
+    observed[1, [2, 5]] = np.nan  # missing tokens
+    errors = np.broadcast_to(0.05 * model.vocab.scale[idx], observed.shape)
+    me = _model_error_for(model, names)
+    res = model.invert(observed, names, errors, free=FREE, model_error=me, **FAST)
+    assert res.model_error.startswith(f"covariance of {len(names)} tokens") and "floor teff 50" in res.model_error
+
+    at = forward_free_values(model, observed, errors, names, FREE)
+    mean_at_fit = model.perceive(res.values, FREE).request(names)
+    sd_at_forward = model.perceive(at, FREE).request(names)
+    scale = model.vocab.scale[idx]
+    expected = []
+    for i in range(len(observed)):
+        ok = np.isfinite(observed[i])
+        d = np.sqrt((errors[i] / scale) ** 2 + (np.array([sd_at_forward[f"{n}_error"][i] for n in names]) / scale) ** 2)[ok]
+        r = (observed[i] - np.array([mean_at_fit[n][i] for n in names]))[ok] / scale[ok] - d * me.mean[ok]
+        c = me.covariance[np.ix_(ok, ok)] * d[:, None] * d[None, :]
+        expected.append(0.5 * r @ np.linalg.solve(c, r))
+    np.testing.assert_allclose(res.nll, expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(likelihood_nll(model, res.values, FREE, observed, errors, names, at, me), expected,
+                               rtol=1e-6)
+    # Where converged, it is the optimum of that objective: no free value moved by 0.1 of its error scores better.
+    done = res.converged
+    assert done.sum() >= 2, res.reason
+    base = np.array(expected)[done]
+    for j in range(len(FREE)):
+        for sign in (-1, 1):
+            moved = res.values[done].copy()
+            moved[:, j] += sign * 0.1 * np.sqrt(res.errors[done, j] ** 2 - me.floor[j] ** 2)
+            worse = likelihood_nll(model, moved, FREE, observed[done], errors[done], names, at[done], me)
+            assert np.all(worse >= base - 1e-3 * np.maximum(1.0, np.abs(base))), (j, sign, worse - base)
+    # The floor is in the errors and the covariance, in quadrature.
+    plain = dataclasses.replace(me, floor=np.zeros(3))
+    unfloored = model.invert(observed, names, errors, free=FREE, model_error=plain, **FAST)
+    np.testing.assert_allclose(res.errors ** 2, unfloored.errors ** 2 + me.floor ** 2, rtol=1e-6)
+    np.testing.assert_allclose(res.values, unfloored.values)
+    # Independent tokens, no shift, no floor: the fit without a model error.
+    identity = ModelError(tuple(names), np.zeros(len(names)), np.eye(len(names)), tuple(FREE), np.zeros(3))
+    a = model.invert(observed, names, errors, free=FREE, model_error=identity, **FAST)
+    b = model.invert(observed, names, errors, free=FREE, model_error=None, **FAST)
+    assert b.model_error == "none"
+    np.testing.assert_allclose(a.z, b.z, atol=2e-4)
+    np.testing.assert_allclose(a.errors, b.errors, rtol=2e-3)
+
+
+def test_model_error_files_subsets_and_bad_input(random_model, tmp_path):
+    from stellarfm_jax.errors import BadFileError
+    from stellarfm_jax.inversion import ModelError, resolve_model_error
+
+    model, _ = random_model
+    names = spectrum_names(model)
+    me = _model_error_for(model, names)
+    back = ModelError.load(me.save(tmp_path / "me.json"))
+    np.testing.assert_array_equal(back.covariance, me.covariance)
+    assert back.names == me.names and back.free == me.free
+    mean, cov = me.for_names([names[3], names[0]])  # a sub-matrix, in the asked order
+    np.testing.assert_array_equal(cov, me.covariance[np.ix_([3, 0], [3, 0])])
+    np.testing.assert_array_equal(mean, me.mean[[3, 0]])
+    np.testing.assert_array_equal(me.floor_for(["m_h", "logebv"]), [0.05, 0.0])
+    with pytest.raises(ValueError, match="does not cover the observed"):
+        me.for_names(names + ["jh"])
+    with pytest.raises(ValueError, match="do not match"):
+        ModelError(tuple(names), np.zeros(2), np.eye(len(names)), tuple(FREE), np.zeros(3))
+    with pytest.raises(BadFileError, match="not an inversion model error"):
+        ModelError.from_dict({"format": "something else"})
+    with pytest.raises(ValueError, match="model_variance='fixed'"):
+        resolve_model_error(model, names, me, "predicted")
+    assert resolve_model_error(model, names, "auto") == (None, "none")  # this model stores none
+
+
+def test_calibration_floor_recovers_an_unaccounted_scatter():
+    from stellarfm_jax.inversion import calibration_floor
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    truth = rng.normal(size=(n, 2))
+    err, truth_err = np.full((n, 2), 0.3), np.full((n, 2), 0.1)
+    extra = np.array([0.5, 0.0])  # column 0 misses a 0.5 scatter, column 1 misses none
+    values = truth + rng.normal(size=(n, 2)) * np.sqrt(err**2 + truth_err**2 + extra**2)
+    floor = calibration_floor(values, err, truth, truth_err)
+    assert abs(floor[0] - 0.5) < 0.03 and floor[1] < 0.03, floor
+    z = (values[:, 0] - truth[:, 0]) / np.sqrt(err[:, 0] ** 2 + truth_err[:, 0] ** 2 + floor[0] ** 2)
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.002
+
+
+def test_measure_model_error_finds_an_injected_common_residual(random_model):
+    """A residual shared by every token of a star (a sigma-scaled common mode of amplitude a) raises the measured
+    covariance's off-diagonal by ~a^2; the residuals are those of the public API (normalised_residuals)."""
+    from stellarfm_jax.inversion import measure_model_error, normalised_residuals
+
+    model, _ = random_model
+    ds = make_synthetic_dataset(3000, seed=5)  # ~800 train stars with every free token
+    names = spectrum_names(model)
+    free = FREE
+    values, errors = ds.train.values.astype(np.float64), np.nan_to_num(ds.train.errors.astype(np.float64))
+    clean = measure_model_error(model, values, errors, names, free, n_stars=5000, shrinkage=0.0, clip=50.0)
+    ids = model.vocab.ids(names) - 1
+    keep = np.isfinite(values[:, model.vocab.ids(free) - 1]).all(axis=1)
+    values, errors = values[keep], errors[keep]
+    known = values[:, model.vocab.ids(free) - 1]
+    u = normalised_residuals(model, known, free, values[:, ids], errors[:, ids], names)
+    at_truth = model.perceive(known, free).request(names)
+    sd = (values[:, ids] - np.stack([at_truth[n] for n in names], 1)) / u  # sqrt(V) per star and token
+    a = 0.7
+    shifted = values.copy()
+    shifted[:, ids] += a * np.random.default_rng(1).standard_normal((len(values), 1)) * np.nan_to_num(sd)
+    noisy = measure_model_error(model, shifted, errors, names, free, n_stars=5000, shrinkage=0.0, clip=50.0)
+    off = ~np.eye(len(names), dtype=bool)
+    gain = (noisy.covariance - clean.covariance)[off].mean()
+    assert abs(gain - a**2) < 0.25 * a**2, gain
+    assert noisy.info["n_stars"] == len(values) > 600 and np.all(noisy.floor == 0)

@@ -87,6 +87,7 @@ def test_one_row_per_star_in_input_order_matching_the_library(setup, capsys):
     (None, ["--steps", "0"], "--steps must be >= 1"),
     (None, ["--newton-steps", "-1"], "--newton-steps must be >= 0"),
     (None, ["--prior", "missing.json"], "inversion prior file not found"),
+    (None, ["--model-error", "missing.json"], "inversion model error file not found"),
 ])
 def test_bad_input_gives_one_error_line(setup, tmp_path, capsys, edit, args, message):
     _, root, *_ = setup

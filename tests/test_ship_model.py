@@ -36,3 +36,24 @@ def test_ship_writes_the_model_its_training_record_and_the_inversion_prior(tmp_p
     np.testing.assert_allclose(stored.means, expected.means, rtol=1e-6)
     np.testing.assert_allclose(stored.weights, expected.weights, rtol=1e-6)
     assert stored.info["source"] == "train split of stars.h5"
+    # The model error: the residual covariance of the observed tokens (positive definite) with a floor per free
+    # token, which invert(model_error="auto") uses; refreshing it in place keeps the parameters and the record.
+    from stellarfm_jax.evaluation.inversion import observed_names
+    from stellarfm_jax.inversion import ModelError, resolve_model_error
+
+    error = ModelError.from_dict(meta["inversion_model_error"])
+    names = observed_names(model.vocab)
+    assert error.names == tuple(names) and error.free == stored.names
+    assert np.all(np.linalg.eigvalsh(error.covariance) > 0) and np.all(error.floor >= 0)
+    assert error.info["floor_calibration"]["n_stars"] > 0
+    used, text = resolve_model_error(model, names)
+    np.testing.assert_array_equal(used.covariance, error.covariance)
+    assert text.startswith(f"covariance of {len(names)} tokens")
+    from ship_model import refresh_inversion
+
+    before = json.loads((dest / "model.json").read_text())
+    refresh_inversion(dest, data=str(data_file))
+    after = json.loads((dest / "model.json").read_text())
+    assert after["checksums"] == before["checksums"] and "inversion_refreshed" in after["metadata"]
+    assert (dest / "TRAINING.md").read_text().startswith("# Shipped model `tiny_test`")
+    np.testing.assert_allclose(after["metadata"]["inversion_model_error"]["covariance"], error.covariance)

@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from ..inversion import MISSING_AT_OR_BELOW, InversionPrior, InversionSettings, default_free_names, invert
+from ..inversion import (MISSING_AT_OR_BELOW, InversionPrior, InversionSettings, default_free_names, invert,
+                         resolve_model_error)
 from .common import calibration_stats, masked_inputs, paper_input_sets, predict_tokens, residual_stats
 
 HEADLINE = ("teff", "logg", "m_h")
@@ -55,13 +56,16 @@ def observed_names(vocab) -> list[str]:
     return list(vocab.group_names("spectrum")) + [n for n in vocab.group_names("colour") if n in outputs]
 
 
-def likelihood_nll(model, theta, free, observed, errors, names, variance_at=None) -> np.ndarray:
+def likelihood_nll(model, theta, free, observed, errors, names, variance_at=None, model_error=None) -> np.ndarray:
     """The inversion's likelihood term, 0.5 sum_j [(y_j - mu_j)^2 / V_j + ln V_j] in standardised units over the
     observed (finite) tokens, at the physical free values ``theta`` [N, F], from the public ``perceive`` /
     ``request`` API: evaluated at the catalogue's labels and at the fit it says whether a bad fit is the
     optimiser's failure (the labels score better) or the model's (its likelihood prefers the fit). The model's
     variance in V is its prediction at ``theta`` (``model_variance="predicted"``) or at ``variance_at`` [N, F]
-    (``"fixed"``: the forward prediction of the free tokens, see :func:`forward_free_values`)."""
+    (``"fixed"``: the forward prediction of the free tokens, see :func:`forward_free_values`). With a
+    ``model_error`` (:class:`stellarfm_jax.inversion.ModelError`, needs ``variance_at``): the fit's objective with
+    the residuals' covariance, 0.5 r^T C^-1 r with r = y - D m - mu and C = D R D, D = diag(sqrt(V)) (the constant
+    0.5 ln det C left out, as in the fit)."""
     res = model.perceive(theta, list(free)).request(list(names))
     at = res if variance_at is None else model.perceive(variance_at, list(free)).request(list(names))
     ids = model.vocab.ids(list(names)) - 1
@@ -69,8 +73,19 @@ def likelihood_nll(model, theta, free, observed, errors, names, variance_at=None
     mu = np.stack([res[n] for n in names], 1) / scale
     var = (np.nan_to_num(errors) / scale) ** 2 + (np.stack([at[f"{n}_error"] for n in names], 1) / scale) ** 2
     y = observed / scale
-    terms = np.where(np.isfinite(y), (y - mu) ** 2 / var + np.log(var), 0.0)
-    return 0.5 * terms.sum(axis=1)
+    if model_error is None:
+        terms = np.where(np.isfinite(y), (y - mu) ** 2 / var + np.log(var), 0.0)
+        return 0.5 * terms.sum(axis=1)
+    if variance_at is None:
+        raise ValueError("a model error needs the variance at the forward prediction (variance_at)")
+    mean, corr = model_error.for_names(list(names))
+    out = np.zeros(len(y))
+    for i in range(len(y)):
+        ok = np.isfinite(y[i])
+        d = np.sqrt(var[i, ok])
+        r = y[i, ok] - d * mean[ok] - mu[i, ok]
+        out[i] = 0.5 * r @ np.linalg.solve(corr[np.ix_(ok, ok)] * d[:, None] * d[None, :], r)
+    return out
 
 
 def forward_free_values(model, observed, errors, names, free) -> np.ndarray:
@@ -108,7 +123,8 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     log(f"[inversion] {len(stars)} stars in {seconds:.1f} s ({seconds / max(len(stars), 1):.3f} s/star), "
         f"{int(fit.flagged.sum())} flagged")
     head = [free.index(n) for n in HEADLINE]
-    result = {"n_stars": int(len(stars)), "free": list(free), "prior": fit.prior, "seconds": seconds,
+    result = {"n_stars": int(len(stars)), "free": list(free), "prior": fit.prior, "model_error": fit.model_error,
+              "seconds": seconds,
               "seconds_per_star": seconds / max(len(stars), 1), "flagged": int(fit.flagged.sum()),
               "flagged_fraction": float(fit.flagged.mean()) if len(stars) else float("nan"),
               "flag_reasons": reason_counts(fit.reason),
@@ -129,8 +145,10 @@ def inversion_task(model, dataset, split_data, *, n_stars: int = 500, emulator=N
     if have.any():
         fixed = invert_options.get("model_variance", InversionSettings.model_variance) == "fixed"  # the fit's objective
         at = forward_free_values(model, obs[have], err[have], flux, free) if fixed else None
-        at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux, at)
-        at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux, at)
+        model_err, _ = resolve_model_error(model, flux, invert_options.get("model_error", "auto"),
+                                           invert_options.get("model_variance", InversionSettings.model_variance))
+        at_truth = likelihood_nll(model, known[have], free, obs[have], err[have], flux, at, model_err)
+        at_fit = likelihood_nll(model, fit.values[have], free, obs[have], err[have], flux, at, model_err)
         result["likelihood_check"] = {"stars": int(have.sum()),
                                       "fraction_truth_scores_better": float(np.mean(at_truth < at_fit)),
                                       "median_nll_truth_minus_fit": float(np.median(at_truth - at_fit))}
