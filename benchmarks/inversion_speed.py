@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--stars", type=int, default=10000)
     parser.add_argument("--data", default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--model-error", default="auto", help="auto (the model's stored one), none, or a JSON file")
     parser.add_argument("--out", default=str(RESULTS / "inversion_speed.json"))
     args = parser.parse_args(argv)
 
@@ -48,14 +49,16 @@ def main(argv=None) -> dict:
     obs, err = test.values[idx][:, cols], test.errors[idx][:, cols]
     keep = np.isfinite(obs).any(axis=1)
     obs, err = obs[keep], err[keep]
+    model_error = None if args.model_error == "none" else args.model_error
     t0 = time.perf_counter()
     from stellarfm_jax.forward import default_chunk_size
 
     warm = min(len(obs), args.batch_size or default_chunk_size())
-    invert(model, obs[:warm], flux, err[:warm], prior=prior, chunk_size=args.batch_size)  # compile the chunk's program
+    invert(model, obs[:warm], flux, err[:warm], prior=prior, chunk_size=args.batch_size,
+           model_error=model_error)  # compile the chunk's program
     compile_s = time.perf_counter() - t0
     cpu0 = time.process_time()
-    res = invert(model, obs, flux, err, prior=prior, chunk_size=args.batch_size, progress=True)
+    res = invert(model, obs, flux, err, prior=prior, chunk_size=args.batch_size, progress=True, model_error=model_error)
     cpu = time.process_time() - cpu0
     n = len(res)
     out = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -65,7 +68,8 @@ def main(argv=None) -> dict:
            "seconds_per_star": res.seconds / n, "cpu_seconds": cpu, "cpu_seconds_per_star": cpu / n,
            "compile_and_first_call_s": compile_s, "flagged": int(res.flagged.sum()),
            "flag_reasons": reason_counts(res.reason),
-           "median_steps": float(np.median(res.steps)), "prior": res.prior}
+           "median_steps": float(np.median(res.steps)), "prior": res.prior,
+           "model_error": res.model_error}
     print("| stars | seconds | stars/s | s/star | CPU s/star | flagged | median steps |\n|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {n} | {res.seconds:.1f} | {out['stars_per_s']:.2f} | {out['seconds_per_star']:.3f} | "
           f"{out['cpu_seconds_per_star']:.3f} | {out['flagged']} | {out['median_steps']:.0f} |")
