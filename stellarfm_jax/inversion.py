@@ -81,24 +81,18 @@ MODEL_ERROR_FORMAT = "stellarfm_jax.inversion_model_error"
 
 
 def _save_json(doc: dict, path) -> pathlib.Path:
-    from .formats import atomic_file
+    from .formats import write_text_atomic
 
-    path = pathlib.Path(path)
-    with atomic_file(path) as tmp:
-        pathlib.Path(tmp).write_text(json.dumps(doc, indent=1))
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 def _load_json(path, what: str) -> dict:
-    from .errors import BadFileError, MissingFileError
+    from .errors import MissingFileError
+    from .formats import read_json
 
-    path = pathlib.Path(path)
-    if not path.is_file():
+    if not pathlib.Path(path).is_file():
         raise MissingFileError(f"{what} file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadFileError(f"{path}: not a JSON {what} ({err})") from None
+    return read_json(path)
 
 
 # ============================================================================== the prior
