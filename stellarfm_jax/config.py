@@ -77,7 +77,7 @@ class ModelConfig:
 
 
 # Task-aware context templates (stellarfm_jax.sampling); "half_spectrum" is blue -> red and red -> blue, half each.
-TASK_TEMPLATE_NAMES = ("labels_to_spectrum", "spectrum_to_labels", "half_spectrum")
+TASK_TEMPLATE_NAMES = ("labels_to_spectrum", "spectrum_to_labels", "sparse_spectrum_to_labels", "half_spectrum")
 
 
 def validate_task_probabilities(items, where: str = "task_probabilities") -> None:
@@ -137,6 +137,9 @@ class TrainConfig:
     # labels_to_spectrum: probability that logebv (resp. the colours) join the labels in the context.
     task_logebv_probability: float = 0.5
     task_colour_probability: float = 0.0
+    # Start from a trained model's parameters instead of a random initialisation (a shipped model's name, a
+    # saved-model directory or a training workdir); the architecture and vocabulary must match. "" = random.
+    init_from: str = ""
 
     def validate(self) -> None:
         _check_types(self, "train")

@@ -20,12 +20,15 @@ built on the host from the vocabulary's groups: "spectrum", "colour", "label"):
     logebv with probability ``task_logebv_probability`` and the colours with ``task_colour_probability``;
     requests among the flux tokens;
   * ``spectrum_to_labels``: context = all flux + colour tokens; requests among the labels;
+  * ``sparse_spectrum_to_labels``: the colours and a random subset of the flux tokens -> labels (a user's
+    few photometric points or a low-S/N spectrum): the same groups, with the colours placed first and the
+    paper's random padding, so the context holds the colours plus min(n_flux, T - p - n_colours) flux tokens;
   * ``half_spectrum``: half of it blue half -> red half, half red -> blue (flux tokens split by wavelength
     at the median; the paper schema's BP / RP coefficients are its blue / red halves);
   * ``random_subset``: the paper's sampler, with the rest of the probability.
 Per star: a template is drawn (categorical); context = available tokens of its context groups, in random
-order, cropped to T with *no random padding*; requests by Gumbel top-k among the available allowed outputs
-of its request groups. A template that is infeasible for a star (no available context token or no eligible
+order (its priority tokens first), cropped to T with *no random padding* (except ``sparse_spectrum_to_labels``
+and ``random_subset``); requests by Gumbel top-k among the available allowed outputs of its request groups. A template that is infeasible for a star (no available context token or no eligible
 request) falls back to ``random_subset`` for that star. A ``random_subset`` row consumes its key exactly as
 the sampler without templates does, so it is bit-identical to it; with templates off the sampler is the
 paper's, bit for bit. With stratified padding (``padding_strata``), a template row in stratum s keeps at
@@ -102,8 +105,8 @@ class SamplingConfig:
 
 
 @functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["context", "optional", "optional_probability", "requests", "probabilities",
-                                "random_padding"],
+                   data_fields=["context", "optional", "optional_probability", "requests", "priority",
+                                "probabilities", "random_padding"],
                    meta_fields=["names"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class TaskTemplates:
@@ -112,12 +115,14 @@ class TaskTemplates:
 
     context: bool [K, V], tokens always offered to the context; optional: bool [K, M, V], groups added to
     the context with probability optional_probability [K, M]; requests: bool [K, V], tokens the requests
-    are drawn among; probabilities: float32 [K], summing to 1; random_padding: bool [K]; names: K names."""
+    are drawn among; priority: bool [K, V], context tokens placed before the others (kept when the context is
+    cropped); probabilities: float32 [K], summing to 1; random_padding: bool [K]; names: K names."""
 
     context: jax.Array
     optional: jax.Array
     optional_probability: jax.Array
     requests: jax.Array
+    priority: jax.Array
     probabilities: jax.Array
     random_padding: jax.Array
     names: tuple = ()
@@ -169,17 +174,19 @@ def task_templates(vocab, probabilities, *, logebv_probability: float = 0.5,
     logebv = labels & mask([n for n in ("logebv",) if n in vocab.names])
     blue, red = (mask(h) for h in _spectrum_halves(vocab))
     none = np.zeros(v, bool)
-    # name -> (context, optional groups with their probabilities, requests)
+    # name -> rows of (name, context, optional groups with their probabilities, requests, priority, random padding)
     table = {
         "labels_to_spectrum": [("labels_to_spectrum", labels & ~logebv,
-                                [(logebv, logebv_probability), (colours, colour_probability)], spectrum)],
-        "spectrum_to_labels": [("spectrum_to_labels", spectrum | colours, [], labels)],
-        "half_spectrum": [("half_spectrum_blue_to_red", blue, [], red), ("half_spectrum_red_to_blue", red, [], blue)],
+                                [(logebv, logebv_probability), (colours, colour_probability)], spectrum, none, False)],
+        "spectrum_to_labels": [("spectrum_to_labels", spectrum | colours, [], labels, none, False)],
+        "sparse_spectrum_to_labels": [("sparse_spectrum_to_labels", spectrum | colours, [], labels, colours, True)],
+        "half_spectrum": [("half_spectrum_blue_to_red", blue, [], red, none, False),
+                          ("half_spectrum_red_to_blue", red, [], blue, none, False)],
     }
     rows, probs = [], []
     for name, p in items:
         for row in table[name]:
-            _, context, _, requests = row
+            _, context, _, requests, _, _ = row
             if not context.any() or not (requests & outputs).any():
                 raise ValueError(
                     f"task template {name!r} needs context tokens and allowed output tokens of its groups; the "
@@ -188,20 +195,21 @@ def task_templates(vocab, probabilities, *, logebv_probability: float = 0.5,
                     f"{sorted(set(vocab.groups))})")
             rows.append(row)
             probs.append(float(p) / len(table[name]))
-    rows.append(("random_subset", ~none, [], ~none))
+    rows.append(("random_subset", ~none, [], ~none, none, True))
     probs.append(max(0.0, 1.0 - sum(probs)))
     m = max(1, max(len(r[2]) for r in rows))
     optional = np.zeros((len(rows), m, v), bool)
     optional_p = np.zeros((len(rows), m), np.float32)
-    for k, (_, _, groups, _) in enumerate(rows):
+    for k, (_, _, groups, *_) in enumerate(rows):
         for j, (group, p) in enumerate(groups):
             optional[k, j], optional_p[k, j] = group, p
     probs = np.asarray(probs, np.float64)
     return TaskTemplates(
         context=jnp.asarray(np.stack([r[1] for r in rows])), optional=jnp.asarray(optional),
         optional_probability=jnp.asarray(optional_p), requests=jnp.asarray(np.stack([r[3] for r in rows])),
+        priority=jnp.asarray(np.stack([r[4] for r in rows])),
         probabilities=jnp.asarray((probs / probs.sum()).astype(np.float32)),
-        random_padding=jnp.asarray(np.arange(len(rows)) == len(rows) - 1), names=tuple(r[0] for r in rows),
+        random_padding=jnp.asarray(np.array([r[5] for r in rows])), names=tuple(r[0] for r in rows),
     )
 
 
@@ -210,7 +218,8 @@ _TASK_KEY = 0x5A3C9E1
 
 
 def draw_task(key, available, output_weights, templates: TaskTemplates):
-    """One star's template: (index int32, context mask bool [V], request mask bool [V], random padding bool).
+    """One star's template: (index int32, context mask bool [V], request mask bool [V], priority mask bool [V],
+    random padding bool).
 
     The index is drawn with ``templates.probabilities``, the optional groups of its context independently;
     an infeasible template (no available context token, or no available allowed request) becomes the last
@@ -223,7 +232,7 @@ def draw_task(key, available, output_weights, templates: TaskTemplates):
     eligible = available & (output_weights > 0)
     feasible = jnp.any(context & available, axis=-1) & jnp.any(templates.requests & eligible, axis=-1)  # [K]
     task = jnp.where(feasible[task], task, templates.probabilities.shape[0] - 1).astype(jnp.int32)
-    return task, context[task], templates.requests[task], templates.random_padding[task]
+    return task, context[task], templates.requests[task], templates.priority[task], templates.random_padding[task]
 
 
 def _sample_tokens(key, available, output_weights, config: SamplingConfig, templates, padding_stratum, num_strata):
@@ -233,8 +242,9 @@ def _sample_tokens(key, available, output_weights, config: SamplingConfig, templ
 
     eligible = available & (output_weights > 0)
     in_context = available
+    first = jnp.zeros(num_tokens, bool)
     if templates is not None:
-        task, context_mask, request_mask, random_padding = draw_task(
+        task, context_mask, request_mask, first, random_padding = draw_task(
             jax.random.fold_in(key, _TASK_KEY), available, output_weights, templates)
         eligible = eligible & request_mask
         in_context = available & context_mask
@@ -246,8 +256,9 @@ def _sample_tokens(key, available, output_weights, config: SamplingConfig, templ
     if config.exclude_targets:
         chosen = jnp.zeros(num_tokens, bool).at[output_index].set(output_valid)
         in_context = in_context & ~chosen
-    # Context tokens first, in random order: sort uniform keys shifted by 2 for the others.
-    sort_key = jnp.where(in_context, 0.0, 2.0) + jax.random.uniform(k_perm, (num_tokens,))
+    # Context tokens first, in random order: sort uniform keys shifted by 2 for the others (and by -1 for a
+    # template's priority tokens, so they survive the crop; none without templates, which keeps the paper's order).
+    sort_key = jnp.where(in_context, 0.0, 2.0) - (in_context & first) + jax.random.uniform(k_perm, (num_tokens,))
     order = jnp.argsort(sort_key).astype(jnp.int32)
     if num_tokens < config.context_length:
         order = jnp.pad(order, (0, config.context_length - num_tokens))
@@ -258,7 +269,7 @@ def _sample_tokens(key, available, output_weights, config: SamplingConfig, templ
     else:
         padding = stratified_padding(k_pad, padding_stratum, num_strata, config.max_padding)
         min_padding = stratum_min_padding(padding_stratum, num_strata, config.max_padding)
-    if templates is not None:  # templates (a)-(c): the whole group, cropped to the stratum's bound
+    if templates is not None:  # whole-group templates: the group, cropped to the stratum's bound
         padding = jnp.where(random_padding, padding, min_padding)
     else:
         task = jnp.int32(-1)

@@ -47,7 +47,7 @@ MAX_STEPS_PER_CALL = 16  # steps per device call: an interrupt is noticed within
 # TrainConfig fields that only steer the host loop (how long to train, when to evaluate and save): they enter no
 # compiled program, so runs that differ only in them (e.g. a resume to more epochs) share the jitted functions.
 HOST_LOOP_FIELDS = ("epochs", "eval_every_epochs", "checkpoint_every_epochs", "checkpoint_every_minutes",
-                    "keep_checkpoints", "best_metric", "val_max_stars")
+                    "keep_checkpoints", "best_metric", "val_max_stars", "init_from")
 
 
 @dataclass
@@ -226,6 +226,8 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
     optimizer, output_weights, train_chunk = _training_programs(
         _program_config(config), vocab, batch_size, steps_per_epoch, shards, batch_sharding, per_call)
     params = init_params(StellarPerceptron(mcfg, vocab.size), jax.random.fold_in(jax.random.key(tcfg.seed), VAL_KEY_DATA - 1))
+    if tcfg.init_from:
+        params = initial_params_from(tcfg.init_from, mcfg, vocab, params)
     state = TrainState.create(params, optimizer)
     train_data = to_star_data(vocab, dataset.train.values, dataset.train.errors)
     # Committed to their device(s) as a restored checkpoint is: a fresh and a resumed run then call the epoch
@@ -234,6 +236,40 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
 
     return Run(config, vocab, spec, optimizer, state, train_data, train_chunk, batch_size, steps_per_epoch, per_call,
                SamplingConfig.from_config(config), output_weights, shards, devices[0].platform)
+
+
+# architecture fields a model to start from must share with the run (dropout and the compute dtype may differ)
+_ARCHITECTURE = ("embedding_dim", "encoder_heads", "encoder_dense", "encoder_blocks", "decoder_heads", "decoder_dense",
+                 "decoder_blocks", "context_length")
+
+
+def initial_params_from(spec, model_config, vocab, like):
+    """The parameters of the trained model ``spec`` (a shipped model's name, a saved-model directory or a training
+    workdir) as a run's starting point, shaped and typed like ``like`` (the run's own initialisation). The model
+    must have the run's architecture and vocabulary (the same tokens with the same standardisation, i.e. the same
+    prepared data): anything else is refused with the difference named, since its weights would mean nothing."""
+    from .saved_model import load_model, resolve_model_dir
+
+    path = resolve_model_dir(spec)
+    flat, their_config, their_vocab, _ = load_model(path)
+    for key in _ARCHITECTURE:
+        if getattr(their_config, key) != getattr(model_config, key):
+            raise BadConfigError(f"train.init_from={spec!r} ({path}) has model.{key}={getattr(their_config, key)} but "
+                                 f"this run's config has {getattr(model_config, key)}; start from a model of the same "
+                                 f"architecture")
+    if their_vocab.names != vocab.names:
+        diff = sorted(set(their_vocab.names) ^ set(vocab.names))
+        raise BadConfigError(f"train.init_from={spec!r} ({path}) was trained on other tokens than this run's data "
+                             f"({len(their_vocab.names)} vs {len(vocab.names)}; differing: {diff[:8] or 'the order'}); "
+                             f"use data of the same schema")
+    for what in ("centre", "scale"):
+        ours, theirs = getattr(vocab, what), getattr(their_vocab, what)
+        if not np.allclose(ours, theirs, rtol=1e-6, atol=0.0):
+            worst = int(np.argmax(np.abs(ours - theirs) / np.maximum(np.abs(ours), 1e-300)))
+            raise BadConfigError(f"train.init_from={spec!r} ({path}) standardises {vocab.names[worst]!r} with {what} "
+                                 f"{theirs[worst]:.6g} but this run's data has {ours[worst]:.6g}: the model was "
+                                 f"trained on other prepared data")
+    return jax.tree.map(lambda mine, theirs: jnp.asarray(theirs, mine.dtype), like, flat)
 
 
 def _program_config(config: Config) -> Config:
@@ -525,6 +561,9 @@ def build_parser():
                    help="a built-in config (tiny, small, medium, paper) or the path to a .py file defining "
                         "get_config()")
     p.add_argument("--workdir", required=True, metavar="DIR", help="run directory (created; resumed if it exists)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from this trained model's parameters (a shipped model's name, a model directory or a "
+                        "workdir) instead of a random initialisation; the same as --set train.init_from=MODEL")
     cli.add_data_arg(p)
     cli.add_set_arg(p)
     cli.add_progress_arg(p)
@@ -535,7 +574,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def work():
-        config = apply_overrides(load_config(args.config), args.overrides)
+        overrides = args.overrides + ([f"train.init_from={args.init_from}"] if args.init_from else [])
+        config = apply_overrides(load_config(args.config), overrides)
         dataset = load_training_data(config, args.data)
         result = fit(config, dataset, workdir=args.workdir, progress=not args.no_progress)
         if result.interrupted:

@@ -401,3 +401,45 @@ def test_templates_deterministic_jit_equals_eager_one_trace():
     other = jitted(jax.random.key(8), data, t)
     assert not np.array_equal(eager[1], other[1]) and not np.array_equal(eager[0].tokens, other[0].tokens)
     assert len(traces) == 1
+
+
+def test_sparse_spectrum_template_keeps_the_colours_and_a_random_number_of_flux_tokens():
+    """sparse_spectrum_to_labels: the colours always (placed first), then flux tokens up to the paper's random
+    padding, so a row shows min(n_available, T - p) real tokens with p ~ U{0..P-1}; requests only labels."""
+    vocab = xp_sampled_vocabulary()
+    tasks = (("sparse_spectrum_to_labels", 0.6), ("spectrum_to_labels", 0.2))
+    t = task_templates(vocab, tasks)
+    assert t.names == ("sparse_spectrum_to_labels", "spectrum_to_labels", "random_subset")
+    flux, colours, labels = (_group_mask(vocab, g) for g in ("spectrum", "colour", "label"))
+    np.testing.assert_array_equal(t.context[0], flux | colours)
+    np.testing.assert_array_equal(t.priority[0], colours)
+    assert not np.asarray(t.priority[1:]).any()
+    np.testing.assert_array_equal(t.random_padding, [True, False, True])
+    np.testing.assert_array_equal(t.requests[0], labels)
+
+    n = 3000
+    available = np.ones((n, vocab.size), bool)
+    available[: n // 3, np.flatnonzero(flux)[::3]] = False  # a third of the stars miss a third of their flux
+    data = StarData(jnp.zeros(available.shape), jnp.zeros(available.shape), jnp.asarray(available))
+    weights = output_weight_vector(vocab)
+    config = SamplingConfig(context_length=T, max_padding=P, num_outputs=2, task_probabilities=tasks)
+    batch, drawn = jax.jit(lambda k: sample_batch(k, data, weights, config, t, return_tasks=True))(jax.random.key(8))
+    tokens, drawn = np.asarray(batch.tokens), np.asarray(drawn)
+    rows = np.flatnonzero(drawn == 0)
+    assert abs(len(rows) / n - 0.6) < 4 * np.sqrt(0.24 / n)
+    n_real = (tokens[rows] > 0).sum(1)
+    shown = np.zeros((len(rows), vocab.size), bool)
+    for j, i in enumerate(rows):
+        shown[j, tokens[i][tokens[i] > 0] - 1] = True
+    assert not (shown & ~(flux | colours)).any()  # only flux and colours ...
+    assert shown[:, colours].all()  # ... with every colour, however short the context
+    group = (available[rows] & (flux | colours)).sum(1)
+    assert np.all(n_real <= np.minimum(group, T)) and np.all(n_real >= np.minimum(group, T - P + 1))
+    # complete stars: T - p real tokens capped by the 88 available, p uniform over 0..P-1 -> uniform over 5..64
+    complete = np.asarray([i >= n // 3 for i in rows])
+    counts = np.bincount(n_real[complete] - (T - P + 1), minlength=P)
+    expected = complete.sum() / P
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < P - 1 + 5 * np.sqrt(2 * (P - 1)), chi2  # ~5 sigma above the chi2 mean (59 dof)
+    requested = np.asarray(batch.requests)[rows][np.asarray(batch.weights)[rows] > 0] - 1
+    assert labels[requested].all()

@@ -80,6 +80,28 @@ def test_resume_refuses_a_changed_config(tmp_path):
         fit(tiny("train.epochs=2", "model.embedding_dim=32"), data, workdir=tmp_path, **QUIET)
 
 
+def test_init_from_a_trained_model_starts_from_its_parameters(tmp_path):
+    """train.init_from: the run's initial parameters are the model's (bit for bit), so its first epoch already
+    has a far lower loss than a random start's; another architecture or other prepared data is refused."""
+    from stellarfm_jax.errors import BadConfigError
+    from stellarfm_jax.train import setup_run
+
+    data = small_data(3)
+    base = fit(tiny("train.epochs=6"), data, workdir=tmp_path / "base", **QUIET)
+    start = setup_run(tiny(f"train.init_from={tmp_path / 'base'}"), data)
+    _params_close(start.state.params, base.params, atol=0)
+    again = fit(tiny("train.epochs=1", f"train.init_from={tmp_path / 'base' / 'model'}"), data, **QUIET)
+    fresh = base.history[0]["loss"]
+    assert again.history[0]["loss"] < base.history[-1]["loss"] + 0.1 * abs(fresh - base.history[-1]["loss"])
+    assert again.history[0]["loss"] < fresh - 0.5 * (fresh - base.history[-1]["loss"])
+    with pytest.raises(BadConfigError, match="model.embedding_dim"):
+        setup_run(tiny("model.embedding_dim=32", f"train.init_from={tmp_path / 'base'}"), data)
+    with pytest.raises(BadConfigError, match="other prepared data"):
+        setup_run(tiny(f"train.init_from={tmp_path / 'base'}"), small_data(4))
+    with pytest.raises(Exception, match="no shipped model"):
+        setup_run(tiny("train.init_from=no_such_model"), data)
+
+
 def test_bfloat16_training_on_cpu():
     data = small_data()
     cfg = tiny("train.epochs=2", "model.compute_dtype=bfloat16")
