@@ -429,6 +429,10 @@ def calibrate_model_error(model, model_error: ModelError, values, errors, *, n_s
 
 # ============================================================================== the functional core
 MODEL_VARIANCES = ("predicted", "fixed")
+# Damped Newton iterations at most. On 1,000 real test stars with the model error (2026-12-02) 10 left 8.4% of the
+# fits short of the convergence test, 15 4.8%, 20 2.6%, 25 2.1%, with the same recovered labels: the slow ones
+# converge, they are not stuck.
+DEFAULT_NEWTON_STEPS = 25
 
 
 @dataclass(frozen=True)
@@ -439,7 +443,7 @@ class InversionSettings:
     learning_rate: float = 0.05
     n_starts: int = 2  # candidates kept for Adam
     patience: int = 5  # Adam stops a start whose objective has not improved by 1e-4 for this many steps
-    newton_steps: int = 10
+    newton_steps: int = DEFAULT_NEWTON_STEPS
     newton_xtol: float = 1e-4  # standardised units
     # Converged when the Newton decrement g^T H^-1 g / 2 (the objective's predicted decrease from a full Newton step)
     # is below this: the optimum is then within ~sqrt(2 * 1e-3) = 0.045 sigma, and steps that small are often
@@ -925,7 +929,8 @@ def _grid(free: list[str], prior_arrays: dict, prior: InversionPrior | None) -> 
 
 def invert(model, observed, observed_names: Sequence[str], observed_errors=None, *, free: Sequence[str] | None = None,
            fixed=None, fixed_names: Sequence[str] = (), prior="auto", prior_sigma: float | None = None,
-           steps: int = 30, learning_rate: float = 0.05, n_starts: int = 2, n_draws: int = 4, newton_steps: int = 10,
+           steps: int = 30, learning_rate: float = 0.05, n_starts: int = 2, n_draws: int = 4,
+           newton_steps: int = DEFAULT_NEWTON_STEPS,
            patience: int = 5, curvature: str = "fisher", model_variance: str = "fixed",
            posterior_samples: int = 0, seed: int = 0, model_error="auto",
            chunk_size: int | None = None, progress: bool = False) -> InversionResult:

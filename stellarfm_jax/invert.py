@@ -56,7 +56,8 @@ def build_parser():
                         "or a ModelError JSON file")
     p.add_argument("--steps", type=int, default=30, metavar="N", help="Adam iterations at most per start")
     p.add_argument("--starts", type=int, default=2, metavar="N", help="starting points kept per star")
-    p.add_argument("--newton-steps", type=int, default=10, metavar="N", help="damped Newton iterations at most")
+    p.add_argument("--newton-steps", type=int, default=None, metavar="N",
+                   help="damped Newton iterations at most (default: stellarfm_jax.inversion.DEFAULT_NEWTON_STEPS)")
     p.add_argument("--curvature", default="fisher", choices=["fisher", "hessian"],
                    help="Newton's and the errors' curvature: the Fisher information (fast) or the exact Hessian")
     p.add_argument("--model-variance", default="fixed", choices=["fixed", "predicted"],
@@ -89,12 +90,13 @@ def _columns(block_names: list[str], wanted: list[str], vocab, option: str) -> l
 def invert_catalogue(model, input_path, output_path, fmt: str = "auto", split: str = "test", free=None,
                      observe=("spectrum",), fixed=None, prior="auto", read_rows: int = DEFAULT_READ_ROWS,
                      batch_size: int | None = None, progress: bool = True, steps: int = 30,
-                     n_starts: int = 2, newton_steps: int = 10, curvature: str = "fisher",
+                     n_starts: int = 2, newton_steps: int | None = None, curvature: str = "fisher",
                      model_variance: str = "fixed", model_error="auto") -> dict:
     """Invert every star of ``input_path`` and write ``output_path`` atomically (one row per star, input order).
     Returns a summary: stars, fitted, flagged, no_data, seconds, stars_per_s, output, prior, model_error."""
-    from .inversion import default_free_names, invert, resolve_prior
+    from .inversion import DEFAULT_NEWTON_STEPS, default_free_names, invert, resolve_prior
 
+    newton_steps = DEFAULT_NEWTON_STEPS if newton_steps is None else newton_steps
     t0 = time.perf_counter()
     input_path, output_path = pathlib.Path(input_path), pathlib.Path(output_path)
     check_paths(input_path, output_path)
