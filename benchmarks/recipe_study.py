@@ -52,11 +52,15 @@ from stellarfm_jax.vocab import robust_scale  # noqa: E402
 NO_TASKS = ["train.task_probabilities=[]", "train.length_buckets=4"]  # the paper's random subsets, bucketed
 SAMPLED = ["data.schema=xp_sampled"]  # 85 flux tokens of 8 nm (the schema of the model shipped before)
 WIDE = ["model.embedding_dim=96", "model.encoder_dense=384", "model.decoder_dense=768"]
+# + the colours and a random number of flux tokens -> labels (the evaluation's coarse and sparse input sets)
+SPARSE = ['train.task_probabilities=[["labels_to_spectrum",0.25],["spectrum_to_labels",0.15],'
+          '["sparse_spectrum_to_labels",0.3],["half_spectrum",0.1]]']
 CANDIDATES = {
     "sampled_random": ("small", SAMPLED + NO_TASKS),  # the recipe of the model shipped before
     "sampled_tasks": ("small", SAMPLED),
     "coarse_random": ("small", NO_TASKS),
     "small": ("small", []),
+    "small_sparse": ("small", SPARSE),
     "small_d96": ("small", WIDE),
     "small_enc4": ("small", ["model.encoder_blocks=4"]),
     "small_r16": ("small", ["train.outputs_per_star=16"]),
