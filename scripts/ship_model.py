@@ -42,11 +42,19 @@ def training_markdown(meta: dict) -> str:
     status = (f"**INTERIM**: exported at epoch {meta['epochs_trained']} of {meta['epochs_planned']} while the run was "
               "still going; replace it with the final one by running the same command when the run ends."
               if meta["interim"] else f"Final: all {meta['epochs_planned']} planned epochs.")
+    start = meta.get("started_from")
+    stage = "" if not start else (
+        f"- Started from (`train.init_from={start['spec']}`): the model `{start['model_dir']}` (params sha256 "
+        f"`{start['params_sha256']}`), itself trained {start['epochs_trained']} epochs "
+        f"({start['training_seconds'] / 3600:.2f} h summed) with `{start['training_command']}` on "
+        f"{start['trained_on']}. **In all: {start['epochs_trained'] + meta['epochs_trained']} epochs, "
+        f"{(start['training_seconds'] + meta['training_seconds']) / 3600:.2f} h summed.**\n")
     return f"""# Shipped model `{meta['shipped_name']}`
 
 {status}
 
 - Training command: `{meta['training_command']}`
+{stage}
 - Trained on: {meta['trained_on']}
 - Epochs trained: {meta['epochs_trained']} of {meta['epochs_planned']} (training time summed over those epochs:
   {meta['training_seconds'] / 3600:.2f} h)
@@ -126,6 +134,24 @@ def refresh_inversion(dest, data: str | None = None) -> pathlib.Path:
     return dest
 
 
+def started_from(spec: str) -> dict:
+    """What a run with ``train.init_from=spec`` started from: the model's directory, parameter checksum and its
+    own training record (read before anything is shipped over it)."""
+    from stellarfm_jax.saved_model import resolve_model_dir
+
+    path = resolve_model_dir(spec)
+    doc = json.loads((path / "model.json").read_text())
+    meta = doc.get("metadata", {})
+    history = path.parent / "metrics.jsonl"  # a training workdir's model/: its time is in the run's log
+    if "training_seconds" not in meta and path.name == "model" and history.is_file():
+        meta["training_seconds"] = sum(h.get("epoch_seconds", 0.0) for h in map(json.loads, filter(str.strip, history.read_text().splitlines()))
+                                       if h["epoch"] <= meta.get("epochs_trained", 0))
+    return {"spec": spec, "model_dir": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+            "params_sha256": sha256_of(path / "params.npz"), "epochs_trained": int(meta.get("epochs_trained", 0)),
+            "training_seconds": float(meta.get("training_seconds", 0.0)),
+            "training_command": meta.get("training_command", "unknown"), "trained_on": meta.get("trained_on", "unknown")}
+
+
 def ship(workdir, name: str = "small", epoch: int | None = None, data: str | None = None, command: str | None = None,
          trained_on: str = "CPU (2 cores, float32)", dest=None) -> pathlib.Path:
     workdir = pathlib.Path(workdir)
@@ -148,6 +174,8 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
         shipped_date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         ship_command="python scripts/ship_model.py " + " ".join(sys.argv[1:]),
     )
+    if config["train"].get("init_from"):
+        meta["started_from"] = started_from(config["train"]["init_from"])
     meta.update(inversion_metadata(StellarModel(params, model_config, vocab, meta), dataset, data_path.name))
     save_model(dest, params, model_config, vocab, meta)
     dest.chmod(0o755)  # the atomic save's temporary folder is private; a shipped model is package data

@@ -57,3 +57,27 @@ def test_ship_writes_the_model_its_training_record_and_the_inversion_prior(tmp_p
     assert after["checksums"] == before["checksums"] and "inversion_refreshed" in after["metadata"]
     assert (dest / "TRAINING.md").read_text().startswith("# Shipped model `tiny_test`")
     np.testing.assert_allclose(after["metadata"]["inversion_model_error"]["covariance"], error.covariance)
+
+
+def test_a_run_started_from_another_model_records_both_stages(tmp_path):
+    """train.init_from: the shipped record names the model the run started from (its checksum, epochs, time and
+    command) and the epochs and time in all."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from ship_model import ship
+
+    data_file = write_dataset(tmp_path / "stars.h5", make_synthetic_dataset(300, seed=1))
+    data = read_dataset(data_file)
+    tiny = load_config("tiny")
+    first = fit(apply_overrides(tiny, ["train.epochs=2"]), data, workdir=tmp_path / "run", log=lambda *a: None)
+    fit(apply_overrides(tiny, ["train.epochs=1", f"train.init_from={tmp_path / 'run'}"]), data,
+        workdir=tmp_path / "stage2", log=lambda *a: None)
+    dest = ship(tmp_path / "stage2", name="tiny_test", data=str(data_file), dest=tmp_path / "shipped")
+    meta = json.loads((dest / "model.json").read_text())["metadata"]
+    start = meta["started_from"]
+    assert start["epochs_trained"] == 2 and start["spec"] == str(tmp_path / "run")
+    seconds = sum(h["epoch_seconds"] for h in first.history)
+    assert abs(start["training_seconds"] - seconds) < 1e-6
+    import hashlib
+
+    assert start["params_sha256"] == hashlib.sha256((tmp_path / "run" / "model" / "params.npz").read_bytes()).hexdigest()
+    assert "In all: 3 epochs" in (dest / "TRAINING.md").read_text()
