@@ -28,8 +28,8 @@ built on the host from the vocabulary's groups: "spectrum", "colour", "label"):
   * ``random_subset``: the paper's sampler, with the rest of the probability.
 Per star: a template is drawn (categorical); context = available tokens of its context groups, in random
 order (its priority tokens first), cropped to T with *no random padding* (except ``sparse_spectrum_to_labels``
-and ``random_subset``); requests by Gumbel top-k among the available allowed outputs of its request groups. A template that is infeasible for a star (no available context token or no eligible
-request) falls back to ``random_subset`` for that star. A ``random_subset`` row consumes its key exactly as
+and ``random_subset``); requests by Gumbel top-k among the available allowed outputs of its request groups. A
+template that is infeasible for a star (no available context token or no eligible request) falls back to ``random_subset`` for that star. A ``random_subset`` row consumes its key exactly as
 the sampler without templates does, so it is bit-identical to it; with templates off the sampler is the
 paper's, bit for bit. With stratified padding (``padding_strata``), a template row in stratum s keeps at
 most ``T - floor(P * s / B)`` real tokens (cropped at random), so the train step's length-bucket bound
