@@ -19,6 +19,11 @@ Choices against the paper config, and why:
 - micro-batches of 32 (the CPU speed option, same objective); no length buckets, because a bucket caps
   its rows' context and a template shows whole token groups. ~50 s per epoch on 2 idle cores, 150
   epochs ~2.1 h (Zen 4, 2026-12-01; the shipped model's TRAINING.md).
+
+The shipped model is this recipe's 150 epochs continued for 30 more with ``--init-from`` and the
+``sparse_spectrum_to_labels`` template at 30% (the colours and a random number of flux tokens -> labels), which
+lowered the validation scatter from 10 flux tokens + colours by 12-20% (docs/evaluation.md, "Continuing with the
+sparse template"); its TRAINING.md has both commands.
 """
 
 from stellarfm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
