@@ -54,8 +54,7 @@ def training_markdown(meta: dict) -> str:
 {status}
 
 - Training command: `{meta['training_command']}`
-{stage}
-- Trained on: {meta['trained_on']}
+{stage}- Trained on: {meta['trained_on']}
 - Epochs trained: {meta['epochs_trained']} of {meta['epochs_planned']} (training time summed over those epochs:
   {meta['training_seconds'] / 3600:.2f} h)
 - Data file: `{meta['data_file']}`, sha256 `{meta['data_sha256']}`
@@ -134,6 +133,13 @@ def refresh_inversion(dest, data: str | None = None) -> pathlib.Path:
     return dest
 
 
+def summed_epoch_seconds(workdir, upto_epoch: int) -> float:
+    """The training time of a workdir's first ``upto_epoch`` epochs, summed from its metrics.jsonl."""
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return float(sum(h.get("epoch_seconds", 0.0) for h in map(json.loads, filter(str.strip, lines))
+                     if h["epoch"] <= upto_epoch))
+
+
 def started_from(spec: str) -> dict:
     """What a run with ``train.init_from=spec`` started from: the model's directory, parameter checksum and its
     own training record (read before anything is shipped over it)."""
@@ -142,10 +148,9 @@ def started_from(spec: str) -> dict:
     path = resolve_model_dir(spec)
     doc = json.loads((path / "model.json").read_text())
     meta = doc.get("metadata", {})
-    history = path.parent / "metrics.jsonl"  # a training workdir's model/: its time is in the run's log
-    if "training_seconds" not in meta and path.name == "model" and history.is_file():
-        meta["training_seconds"] = sum(h.get("epoch_seconds", 0.0) for h in map(json.loads, filter(str.strip, history.read_text().splitlines()))
-                                       if h["epoch"] <= meta.get("epochs_trained", 0))
+    # a training workdir's model/: its time is in the run's log
+    if "training_seconds" not in meta and path.name == "model" and (path.parent / "metrics.jsonl").is_file():
+        meta["training_seconds"] = summed_epoch_seconds(path.parent, meta.get("epochs_trained", 0))
     return {"spec": spec, "model_dir": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
             "params_sha256": sha256_of(path / "params.npz"), "epochs_trained": int(meta.get("epochs_trained", 0)),
             "training_seconds": float(meta.get("training_seconds", 0.0)),
@@ -163,14 +168,13 @@ def ship(workdir, name: str = "small", epoch: int | None = None, data: str | Non
     data_path = pathlib.Path(data or config["data"].get("path") or default_dataset_path(schema=config["data"]["schema"]))
     dataset = read_dataset(data_path)
     provenance = dataset.provenance
-    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     planned = int(config["train"]["epochs"])
     meta.update(
         shipped_name=name, epochs_planned=planned, interim=meta["epochs_trained"] < planned,
         training_command=command or training_command(config, workdir),
         trained_on=trained_on, data_file=data_path.name, data_sha256=sha256_of(data_path),
         data_source=provenance.get("file", provenance.get("source")), data_source_sha256=provenance.get("source_sha256"),
-        training_seconds=float(sum(h.get("epoch_seconds", 0.0) for h in history if h["epoch"] <= meta["epochs_trained"])),
+        training_seconds=summed_epoch_seconds(workdir, meta["epochs_trained"]),
         shipped_date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         ship_command="python scripts/ship_model.py " + " ".join(sys.argv[1:]),
     )

@@ -22,6 +22,11 @@ from .errors import BadConfigError, MissingFileError
 from .configs import BUILTIN as BUILTIN_CONFIGS
 
 
+# The fields that shape the parameters (dropout and the compute dtype do not): a model to start from must share them.
+ARCHITECTURE_FIELDS = ("embedding_dim", "encoder_heads", "encoder_dense", "encoder_blocks", "decoder_heads",
+                       "decoder_dense", "decoder_blocks", "context_length")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the original model (original_spec §1); defaults are the paper's."""
@@ -52,8 +57,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_types(self, "model")
-        for key in ("embedding_dim", "encoder_heads", "encoder_dense", "encoder_blocks", "decoder_heads",
-                    "decoder_dense", "decoder_blocks", "context_length"):
+        for key in ARCHITECTURE_FIELDS:
             _check_at_least(self, "model", key, 1)
         for name, k, (heads, dense) in [("encoder", k, s) for k, s in enumerate(self.encoder_block_shapes())] + [
             ("decoder", k, s) for k, s in enumerate(self.decoder_block_shapes())

@@ -29,7 +29,7 @@ import numpy as np
 from . import forward
 from . import cli
 from .errors import BadConfigError, BadInputError, MissingFileError, TrainingDivergedError
-from .config import Config, apply_overrides, load_config
+from .config import ARCHITECTURE_FIELDS, Config, apply_overrides, load_config
 from .data.dataset import Dataset
 from .forward import ModelSpec
 from .metrics import MONITOR_LABELS, label_metrics, spectra_colour_inputs  # noqa: F401 (re-exported)
@@ -238,11 +238,6 @@ def setup_run(config: Config, dataset: Dataset, *, steps_limit: int = MAX_STEPS_
                SamplingConfig.from_config(config), output_weights, shards, devices[0].platform)
 
 
-# architecture fields a model to start from must share with the run (dropout and the compute dtype may differ)
-_ARCHITECTURE = ("embedding_dim", "encoder_heads", "encoder_dense", "encoder_blocks", "decoder_heads", "decoder_dense",
-                 "decoder_blocks", "context_length")
-
-
 def initial_params_from(spec, model_config, vocab, like):
     """The parameters of the trained model ``spec`` (a shipped model's name, a saved-model directory or a training
     workdir) as a run's starting point, shaped and typed like ``like`` (the run's own initialisation). The model
@@ -252,7 +247,7 @@ def initial_params_from(spec, model_config, vocab, like):
 
     path = resolve_model_dir(spec)
     flat, their_config, their_vocab, _ = load_model(path)
-    for key in _ARCHITECTURE:
+    for key in ARCHITECTURE_FIELDS:
         if getattr(their_config, key) != getattr(model_config, key):
             raise BadConfigError(f"train.init_from={spec!r} ({path}) has model.{key}={getattr(their_config, key)} but "
                                  f"this run's config has {getattr(model_config, key)}; start from a model of the same "
