@@ -7,7 +7,8 @@ planned for as many epochs as fit (one cosine cycle over them, as ``small`` does
 validation subset every ``--eval-every-min`` minutes of training:
 
 * spectra + colours -> labels: robust scatter of teff, logg, m_h (the training monitor's ``xp_colours`` set,
-  :func:`stellarfm_jax.metrics.label_metrics`) and their robust z std;
+  :func:`stellarfm_jax.metrics.label_metrics`) and their robust z std; the same from the evaluation's ``coarse``
+  set (10 flux tokens + colours), keyed ``coarse_*``;
 * labels -> spectrum: every flux token from teff, logg, m_h, alpha_m, logebv; median |pred / obs - 1| over stars
   and tokens and the robust std of the flux z-scores (pred - obs) / sqrt(sigma^2 + err^2).
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from stellarfm_jax.config import apply_overrides, load_config  # noqa: E402
 from stellarfm_jax.data import default_dataset_path, read_dataset  # noqa: E402
-from stellarfm_jax.evaluation import labels_to_spectra  # noqa: E402
+from stellarfm_jax.evaluation import labels_to_spectra, paper_input_sets  # noqa: E402
 from stellarfm_jax.inference import StellarModel  # noqa: E402
 from stellarfm_jax.metrics import label_metrics, spectra_colour_inputs  # noqa: E402
 from stellarfm_jax.train import predictor, run_epoch, setup_run  # noqa: E402
@@ -72,8 +73,14 @@ LABELS = ("teff", "logg", "m_h")
 def evaluate(params, run, val) -> dict:
     """The study's numbers for one set of parameters on the validation subset."""
     vocab, spec = run.vocab, run.spec
-    out = label_metrics(predictor(params, spec), vocab, val.values, val.errors,
-                        spectra_colour_inputs(vocab, spec.config.context_length), [n for n in LABELS if n in vocab.names])
+    labels = [n for n in LABELS if n in vocab.names]
+    predict = predictor(params, spec)
+    out = label_metrics(predict, vocab, val.values, val.errors, spectra_colour_inputs(vocab, spec.config.context_length),
+                        labels)
+    # the evaluation's ``coarse`` set (10 flux tokens + colours): the sparse contexts the shipped model is weakest on
+    coarse = next(s for s in paper_input_sets(vocab, spec.config.context_length) if s.key == "coarse")
+    for k, v in label_metrics(predict, vocab, val.values, val.errors, list(coarse.names), labels).items():
+        out[f"coarse_{k}"] = v
     model = StellarModel.from_params(params, spec.config, vocab)
     gen = labels_to_spectra(model, val)
     a = gen["arrays"]
@@ -109,8 +116,9 @@ def study_one(name: str, base: str, overrides: list[str], budget_s: float, eval_
             curve.append(record)
             next_eval += eval_every_s
             log(f"[{name}] epoch {epoch + 1}/{epochs} ({trained_s / 60:.1f} min): " + ", ".join(
-                f"{k}={record[k]:.4g}" for k in ("teff_scatter", "logg_scatter", "m_h_scatter", "gen_median_abs_frac",
-                                                 "gen_z_std") if k in record))
+                f"{k}={record[k]:.4g}" for k in ("teff_scatter", "logg_scatter", "m_h_scatter", "coarse_logg_scatter",
+                                                 "coarse_m_h_scatter", "gen_median_abs_frac", "gen_z_std")
+                if k in record))
     return {"name": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "config": base, "overrides": overrides, "probe_epoch_s": epoch_s, "epochs": epochs,
             "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(run.state.params))),
@@ -119,7 +127,8 @@ def study_one(name: str, base: str, overrides: list[str], budget_s: float, eval_
 
 
 def table(results: list[dict]) -> str:
-    cols = ("teff_scatter", "logg_scatter", "m_h_scatter", "teff_z_std", "gen_median_abs_frac", "gen_z_std")
+    cols = ("teff_scatter", "logg_scatter", "m_h_scatter", "teff_z_std", "coarse_teff_scatter", "coarse_logg_scatter",
+            "coarse_m_h_scatter", "gen_median_abs_frac", "gen_z_std")
     lines = ["| candidate | params | epochs | " + " | ".join(cols) + " |", "|---|---:|---:|" + "---:|" * len(cols)]
     for r in results:
         f = r["final"]
@@ -131,8 +140,8 @@ def table(results: list[dict]) -> str:
 def plot(results: list[dict], path: pathlib.Path) -> None:
     from matplotlib.figure import Figure
 
-    keys = ("teff_scatter", "logg_scatter", "m_h_scatter", "gen_median_abs_frac")
-    fig = Figure(figsize=(12, 3.2))
+    keys = ("teff_scatter", "logg_scatter", "m_h_scatter", "coarse_logg_scatter", "gen_median_abs_frac")
+    fig = Figure(figsize=(15, 3.2))
     for ax, key in zip(fig.subplots(1, len(keys)), keys):
         for r in results:
             pts = [(c["train_s"] / 60, c[key]) for c in r["curve"] if key in c]
