@@ -8,9 +8,8 @@ def resolve_model(spec):
     directory, a training workdir (its ``model/``), or the name of a model shipped with the package (``small``).
     What every command's ``--model`` accepts."""
     from .inference import StellarModel
-    from .saved_model import resolve_model_dir
 
-    return StellarModel.load(resolve_model_dir(spec))
+    return StellarModel.load(spec)
 
 
 def pretrained(name: str = "small"):

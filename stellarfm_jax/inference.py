@@ -39,7 +39,7 @@ from .forward import (CPU_CHUNK_SIZE, DEFAULT_CHUNK_SIZE, ModelSpec, attention_w
                       default_chunk_size, encode, map_chunks, masked_mean_embedding, predict, predict_with_attention)
 from .inputs import (EXTREME_MODES, MAX_ABS_Z, OUT_OF_RANGE_Z, OVERFLOW_MODES, PreparedInputs,  # noqa: F401
                      UntrainedOutputError, prepare_inputs, request_ids, token_ids)
-from .saved_model import is_model_dir, load_model, save_model
+from .saved_model import load_model, resolve_model_dir, save_model
 from .vocab import Vocabulary
 
 
@@ -216,18 +216,12 @@ class StellarModel:
 
     @classmethod
     def load(cls, path, compute_dtype: str | None = None) -> "StellarModel":
-        """Load a saved-model directory, or a training workdir holding one at ``model/``.
+        """Load a saved-model directory, a training workdir holding one at ``model/``, or a model shipped with the
+        package by its name (``StellarModel.load("small")``, as every command's ``--model`` reads it).
 
         ``compute_dtype`` overrides the stored one (e.g. "float32" on a CPU for a model trained in bfloat16).
         """
-        path = pathlib.Path(path)
-        if not is_model_dir(path) and is_model_dir(path / "model"):
-            path = path / "model"
-        if not is_model_dir(path):
-            raise FileNotFoundError(
-                f"{path} is neither a stellarfm_jax model directory (model.json, vocab.json, params.npz) nor a "
-                f"training workdir containing one at model/"
-            )
+        path = resolve_model_dir(path)
         params, config, vocab, metadata = load_model(path)
         if compute_dtype is not None:
             config = dataclasses.replace(config, compute_dtype=compute_dtype)

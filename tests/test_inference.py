@@ -489,5 +489,8 @@ def test_saved_loaded_model_saves_again_with_identical_predictions(model, tmp_pa
     for col in before.keys():
         np.testing.assert_array_equal(before[col], after[col])
     assert again.metadata == {"note": "random init"} and again.vocab.equals(model.vocab)
-    with pytest.raises(FileNotFoundError, match="neither a stellarfm_jax model directory"):
+    with pytest.raises(FileNotFoundError, match="no such directory, and no shipped model of that name"):
         StellarModel.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a stellarfm_jax model directory"):
+        StellarModel.load(tmp_path / "empty")

@@ -161,6 +161,10 @@ def test_resolve_model_accepts_a_directory_a_workdir_and_a_shipped_name(saved, t
     assert resolve_model_dir(path) == path and resolve_model_dir(workdir) == workdir / "model"
     assert resolve_model_dir("small") == SHIPPED_MODELS_DIR / "small"
     assert isinstance(resolve_model(workdir), StellarModel)
+    # a notebook's StellarModel.load reads the same names as every command's --model
+    by_name = StellarModel.load("small")
+    assert by_name.vocab.equals(pretrained("small").vocab)
+    assert params_sha256(jax.device_get(by_name.params)) == params_sha256(load_model(SHIPPED_MODELS_DIR / "small")[0])
     with pytest.raises(MissingFileError, match="no shipped model of that name"):
         resolve_model_dir(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
