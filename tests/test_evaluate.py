@@ -74,6 +74,31 @@ def test_spectrum_residuals_by_hand():
     assert r["flux_z_rms"] == pytest.approx(np.sqrt(np.mean(z**2)))
 
 
+def test_star_level_z_separates_whole_star_offsets_from_token_noise():
+    rng = np.random.default_rng(3)
+    n, w = 4000, 50
+    waves = np.linspace(400.0, 1000.0, w)
+    x = (waves - waves.mean()) / waves.std()
+    # every star: its own offset and tilt (10% of stars with 5x larger ones), plus token noise of std 0.3
+    scale = np.where(rng.random(n) < 0.1, 5.0, 1.0)
+    z = scale[:, None] * (rng.normal(size=(n, 1)) + 0.5 * rng.normal(size=(n, 1)) * x) + 0.3 * rng.normal(size=(n, w))
+    z[rng.random((n, w)) < 0.1] = np.nan  # tokens not measured
+    z[0, 2:] = np.nan  # a star with 2 tokens cannot be fitted: it leaves no within-star remainder
+    r = ev.star_level_z(z, waves)
+    # least squares with 2 parameters leaves (k - 2) / k of the noise variance for a star of k tokens (k ~ 45)
+    assert r["flux_z_robust_std_within_star"] == pytest.approx(0.3 * np.sqrt(43 / 45), rel=0.03)
+    assert r["flux_z_rms_within_star"] == pytest.approx(0.3 * np.sqrt(43 / 45), rel=0.03)
+    rms = np.array([np.sqrt(np.nanmean(row**2)) for row in z])
+    big = rms > 2.0
+    assert r["share_stars_rms_z_above"] == pytest.approx(big.mean())
+    assert r["share_z2_from_those_stars"] == pytest.approx(np.nansum(z[big] ** 2) / np.nansum(z**2))
+    assert r["star_rms_z_percentiles"]["50"] == pytest.approx(np.percentile(rms, 50))
+    # and spectrum_residuals reports it for its z-scores
+    obs = np.ones((n, w))
+    res = ev.spectrum_residuals(obs + z, np.ones((n, w)), obs, np.zeros((n, w)), waves)
+    assert res["flux_z_robust_std_within_star"] == pytest.approx(r["flux_z_robust_std_within_star"])
+
+
 # ----------------------------------------------------------------------------- input sets
 def _vocab(n_flux=20):
     names = [f"f{400 + 10 * k}" for k in range(n_flux)] + ["bprp", "jh", "jk", "teff", "logg", "m_h"]

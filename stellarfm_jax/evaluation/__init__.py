@@ -17,7 +17,7 @@ from .common import (HEADLINE_LABELS, LABELS, InputSet, calibration_stats, flux_
 from .labels import (XGB_PARAMS, LabelResult, calibration_checks, claim_checks, fit_xgboost_expert, headline_rows,
                      never_requested_outputs, spectra_to_labels, xgboost_experts)
 from .physics import attention_case, empirical_extinction_curve, extinction_curve, f99_extinction, kiel_diagram
-from .spectra import labels_to_spectra, spectral_sequences, spectrum_residuals, spectrum_to_spectrum
+from .spectra import labels_to_spectra, spectral_sequences, spectrum_residuals, spectrum_to_spectrum, star_level_z
 from .markdown import headline_table
 from .registry import EvalContext, EvalSettings, Task, register, select_tasks, task_names
 from .report import render_report, run_evaluation, summary_lines
@@ -30,5 +30,5 @@ __all__ = [
     "fit_xgboost_expert", "flux_tokens",
     "headline_rows", "kiel_diagram", "labels_to_spectra", "masked_inputs", "never_requested_outputs",
     "paper_input_sets", "predict_tokens", "residual_stats", "spectra_to_labels", "spectral_sequences",
-    "spectrum_residuals", "spectrum_to_spectrum", "xgboost_experts",
+    "spectrum_residuals", "spectrum_to_spectrum", "star_level_z", "xgboost_experts",
 ]

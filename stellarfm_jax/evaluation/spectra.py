@@ -18,6 +18,40 @@ SPECTRUM_FROM = ("teff", "logg", "m_h", "alpha_m", "logebv")
 NO_EXTINCTION_LOGEBV = math.log(0.01)
 
 
+def star_level_z(z, wavelengths, outlier_rms: float = 2.0) -> dict:
+    """How much of the flux z-scores [N, W] (NaN = not measured) is one offset and one blue-red tilt per star.
+
+    Each star's z is fitted by least squares with ``a + b * x`` (x the standardised wavelength; stars with fewer than
+    3 tokens are left out). Returns the robust std and rms of what is left (``flux_z_*_within_star``), the percentiles
+    of the per-star rms z, the share of stars whose rms z exceeds ``outlier_rms`` and their share of the sum of z^2.
+    A pooled robust std well below the rms, with a small within-star remainder, means the tails are whole stars the
+    inputs do not describe (e.g. a catalogue teff or extinction that is off), not wavelengths the model gets wrong."""
+    z, w = np.asarray(z, np.float64), np.asarray(wavelengths, np.float64)
+    x = (w - np.nanmean(w)) / np.nanstd(w)
+    m = np.isfinite(z) & np.isfinite(x)
+    x = np.nan_to_num(x)
+    zz, xx = np.where(m, z, 0.0), np.where(m, x, 0.0)
+    n, sx, sxx, sz, sxz = m.sum(1), xx.sum(1), (xx * x).sum(1), zz.sum(1), (xx * zz).sum(1)
+    det = n * sxx - sx**2
+    fit = (n >= 3) & (det > 1e-12 * np.maximum(n, 1) ** 2)
+    safe = np.where(fit, det, 1.0)
+    a, b = (sxx * sz - sx * sxz) / safe, (n * sxz - sx * sz) / safe
+    left = (z - a[:, None] - b[:, None] * x)[fit][m[fit]]
+    star_rms = np.sqrt(np.where(n > 0, (zz**2).sum(1) / np.maximum(n, 1), np.nan))[n > 0]
+    big = star_rms > outlier_rms
+    z2 = (zz**2).sum(1)[n > 0]
+    return {
+        "flux_z_robust_std_within_star": float(robust_scale(left)) if left.size else float("nan"),
+        "flux_z_rms_within_star": float(np.sqrt(np.mean(left**2))) if left.size else float("nan"),
+        "star_rms_z_percentiles": {str(q): float(v) for q, v in zip((10, 50, 90, 99),
+                                                                    np.percentile(star_rms, (10, 50, 90, 99)))}
+        if star_rms.size else {},
+        "share_stars_rms_z_above": float(np.mean(big)) if star_rms.size else float("nan"),
+        "share_z2_from_those_stars": float(z2[big].sum() / z2.sum()) if z2.sum() > 0 else float("nan"),
+        "outlier_rms": float(outlier_rms),
+    }
+
+
 def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> dict:
     """Residual statistics of predicted against observed flux, [N, W] each.
 
@@ -25,7 +59,8 @@ def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> di
     residual|. Per star: reduced chi2 = mean over wavelengths of (pred - obs)^2 / (sigma_model^2 + sigma_obs^2),
     and the same with the observed errors alone. Summaries: medians over stars / wavelengths, and the robust std
     and rms of the flux z-scores z = (pred - obs) / sqrt(sigma_model^2 + sigma_obs^2) over every star and token
-    (1 for a model whose uncertainties are right)."""
+    (1 for a model whose uncertainties are right), and how much of z is one offset and tilt per star
+    (:func:`star_level_z`)."""
     pred, sigma, obs, err = (np.asarray(a, np.float64) for a in (pred, sigma, observed, observed_error))
     ok = np.isfinite(pred) & np.isfinite(obs) & (obs != 0)
     frac = np.where(ok, (pred - obs) / np.where(ok, obs, 1.0), np.nan)
@@ -39,8 +74,8 @@ def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> di
     chi2 = np.nanmean(chi_both[stars], axis=1)
     chi2_obs = np.nanmean(chi_obs[stars], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(ok, (pred - obs) / np.sqrt(sigma**2 + err**2), np.nan)
-    z = z[np.isfinite(z)]
+        z_all = np.where(ok, (pred - obs) / np.sqrt(sigma**2 + err**2), np.nan)
+    z = z_all[np.isfinite(z_all)]
     return {
         "n_stars": int(stars.sum()),
         "wavelength_nm": np.asarray(wavelengths, np.float64).tolist(),
@@ -53,6 +88,7 @@ def spectrum_residuals(pred, sigma, observed, observed_error, wavelengths) -> di
         "median_chi2_observed_errors_only": float(np.nanmedian(chi2_obs)),
         "flux_z_robust_std": float(robust_scale(z)) if z.size else float("nan"),
         "flux_z_rms": float(np.sqrt(np.mean(z**2))) if z.size else float("nan"),
+        **star_level_z(z_all[stars], wavelengths),
     }
 
 

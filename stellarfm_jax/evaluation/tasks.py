@@ -140,15 +140,19 @@ def _l2s_section(m):
     emu = m.get("emulator")
     lines = ["## Spectra from parameters", "", *table(SPECTRUM_COLUMNS, [_spectrum_row("labels → spectrum", l2s)]), "",
              f"Labels → spectrum inputs: {', '.join(l2s['inputs'])}.", ""]
-    rows = [["model, stars with teff, logg, m_h", l2s["n_stars"], fmt(l2s["median_abs_fractional_residual"]),
-             fmt(l2s.get("flux_z_robust_std")), fmt(l2s.get("flux_z_rms"))]]
+    def row(name, r):
+        return [name, r["n_stars"], fmt(r["median_abs_fractional_residual"]), fmt(r.get("flux_z_robust_std")),
+                fmt(r.get("flux_z_rms")), fmt(r.get("flux_z_robust_std_within_star")),
+                f"{fmt(r.get('share_stars_rms_z_above'))} / {fmt(r.get('share_z2_from_those_stars'))}"]
+
+    rows = [row("model, stars with teff, logg, m_h", l2s)]
     if emu is not None:
-        for name, r in (("model, the emulator's stars", emu["model_same_stars"]), ("emulator", emu["labels_to_spectra"])):
-            rows.append([name, r["n_stars"], fmt(r["median_abs_fractional_residual"]), fmt(r["flux_z_robust_std"]),
-                         fmt(r["flux_z_rms"])])
+        rows += [row("model, the emulator's stars", emu["model_same_stars"]), row("emulator", emu["labels_to_spectra"])]
     lines += ["Model against the dedicated emulator (`emulator` task; z = (pred - obs) / sqrt(σ_pred² + σ_obs²) over "
               "every star and flux token):" if emu is not None else "Flux z-scores (z = (pred - obs) / sqrt(σ_pred² + σ_obs²)):",
-              "", *table(["generator", "stars", "median abs fractional residual", "flux z robust std", "flux z rms"], rows), ""]
+              "", *table(["generator", "stars", "median abs fractional residual", "flux z robust std", "flux z rms",
+                          "z robust std within a star (its offset and tilt removed)",
+                          "share of stars with rms z > 2 / their share of Σz²"], rows), ""]
     if emu is not None:
         c = emu["comparison"]
         lines += [f"Acceptance (issue 16): model median |fractional residual| ≤ {GENERATION_MAX_RESIDUAL:.0%}: "
