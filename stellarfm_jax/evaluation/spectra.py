@@ -37,9 +37,10 @@ def star_level_z(z, wavelengths, outlier_rms: float = 2.0) -> dict:
     safe = np.where(fit, det, 1.0)
     a, b = (sxx * sz - sx * sxz) / safe, (n * sxz - sx * sz) / safe
     left = (z - a[:, None] - b[:, None] * x)[fit][m[fit]]
-    star_rms = np.sqrt(np.where(n > 0, (zz**2).sum(1) / np.maximum(n, 1), np.nan))[n > 0]
+    measured = n > 0
+    z2 = (zz**2).sum(1)[measured]
+    star_rms = np.sqrt(z2 / n[measured])
     big = star_rms > outlier_rms
-    z2 = (zz**2).sum(1)[n > 0]
     return {
         "flux_z_robust_std_within_star": float(robust_scale(left)) if left.size else float("nan"),
         "flux_z_rms_within_star": float(np.sqrt(np.mean(left**2))) if left.size else float("nan"),
