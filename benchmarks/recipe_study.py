@@ -23,15 +23,24 @@ against training time::
     python benchmarks/recipe_study.py --budget-min 25 --out benchmarks/results/recipe_study.json
     python benchmarks/recipe_study.py --budget-min 1 --candidates small,coarse_random --val-stars 300   # a smoke run
     python benchmarks/recipe_study.py --budget-min 25 --resume     # after an interruption: only the missing candidates
+    python benchmarks/recipe_study.py --budget-min 20 --parallel 2 # two candidates at a time, each in its own process
 
-Run it on an otherwise idle machine: the candidates are compared by what they reach in the same time.
+Run it on an otherwise idle machine: the candidates are compared by what they reach in the same time. The JSON
+records the processor (hosts of one VM type differ: Zen 4 and Zen 5 on this project's), and ``--resume`` refuses a
+file measured on another. Compare candidates within one file only: a process alone on the cores is also billed its
+thread pool's spinning while it waits (``small_enc4``'s probe epoch: 35.9 s on the clock alone, 28.7 s beside
+another candidate, 60 s wall both times). ``--parallel 2`` trains two candidates at once, each in its own process
+and billed its own CPU time: one training run of these small models keeps 2 cores only ~60% busy, so two at a time
+take about the wall time of one.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -94,6 +103,18 @@ def evaluate(params, run, val) -> dict:
     out["gen_median_abs_frac"] = gen["median_abs_fractional_residual"]
     out["gen_z_std"] = float(robust_scale(z[np.isfinite(z)]))
     return out
+
+
+def cpu_model() -> str:
+    """The processor, by name and family/model (two hosts of one VM type can differ: Zen 4 and Zen 5 here)."""
+    info = {}
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown cpu"
+    return f"{info.get('model name', 'unknown cpu')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
 
 
 def core_seconds() -> float:
@@ -178,7 +199,11 @@ def main(argv=None) -> int:
     p.add_argument("--val-stars", type=int, default=1000, help="validation stars evaluated")
     p.add_argument("--out", default="benchmarks/results/recipe_study.json")
     p.add_argument("--resume", action="store_true",
-                   help="keep the candidates already in --out (same budget and validation stars) and run the rest")
+                   help="keep the candidates already in --out (same budget, validation stars and processor) and run "
+                        "the rest")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="candidates trained at once, each in its own process (the clock is per process; a candidate "
+                        "that keeps fewer than all cores busy leaves them to the other)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.candidates.split(",") if n.strip()]
     unknown = [n for n in names if n not in CANDIDATES]
@@ -187,26 +212,40 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()} {platform.processor()} ({os.cpu_count()} cores)",
+              "machine": f"{platform.machine()} {cpu_model()} ({os.cpu_count()} cores)",
               "budget_min": args.budget_min, "clock": "process CPU time / cores", "val_stars": args.val_stars,
               "results": []}
     if args.resume and out.is_file():
         previous = json.loads(out.read_text())
         if (previous.get("budget_min") != args.budget_min or previous.get("val_stars") != args.val_stars
-                or previous.get("clock") != record["clock"]):
+                or previous.get("clock") != record["clock"] or previous.get("machine") != record["machine"]):
             p.error(f"--resume: {out} was measured with --budget-min {previous.get('budget_min')} --val-stars "
-                    f"{previous.get('val_stars')} on the clock {previous.get('clock', 'wall time')!r}, not "
-                    f"{args.budget_min} / {args.val_stars} on {record['clock']!r}")
+                    f"{previous.get('val_stars')} on the clock {previous.get('clock', 'wall time')!r} on "
+                    f"{previous.get('machine')!r}, not {args.budget_min} / {args.val_stars} on {record['clock']!r} on "
+                    f"{record['machine']!r}; write a new --out")
         record["results"] = [r for r in previous["results"] if r["name"] in names]
         done = {r["name"] for r in record["results"]}
         print(f"--resume: keeping {sorted(done) or 'nothing'} from {out}")
         names = [n for n in names if n not in done]
-    for name in names:
-        base, overrides = CANDIDATES[name]
-        record["results"].append(study_one(name, base, overrides, 60 * args.budget_min, 60 * args.eval_every_min,
-                                           args.val_stars))
-        out.write_text(json.dumps(record, indent=1))  # after every candidate: a killed study keeps what it measured
+    order = {n: i for i, n in enumerate(CANDIDATES)}
+
+    def keep(result: dict) -> None:  # after every candidate: a killed study keeps what it measured
+        result["trained_alongside"] = args.parallel - 1  # other candidates training at the same time
+        record["results"] = sorted(record["results"] + [result], key=lambda r: order[r["name"]])
+        out.write_text(json.dumps(record, indent=1))
         plot(record["results"], out.with_suffix(".png"))
+
+    jobs = [(name, *CANDIDATES[name], 60 * args.budget_min, 60 * args.eval_every_min, args.val_stars)
+            for name in names]
+    if args.parallel <= 1:
+        for job in jobs:
+            keep(study_one(*job))
+    else:
+        # spawned, not forked: a forked child would inherit this process's XLA runtime and threads
+        with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=multiprocessing.get_context("spawn"),
+                                                    max_tasks_per_child=1) as pool:
+            for done in concurrent.futures.as_completed([pool.submit(study_one, *job) for job in jobs]):
+                keep(done.result())
     print(table(record["results"]))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
