@@ -27,11 +27,14 @@ against training time::
 
 Run it on an otherwise idle machine: the candidates are compared by what they reach in the same time. The JSON
 records the processor (hosts of one VM type differ: Zen 4 and Zen 5 on this project's), and ``--resume`` refuses a
-file measured on another. Compare candidates within one file only: a process alone on the cores is also billed its
-thread pool's spinning while it waits (``small_enc4``'s probe epoch: 35.9 s on the clock alone, 28.7 s beside
-another candidate, 60 s wall both times). ``--parallel 2`` trains two candidates at once, each in its own process
-and billed its own CPU time: one training run of these small models keeps 2 cores only ~60% busy, so two at a time
-take about the wall time of one.
+file measured on another. Compare candidates within one file only: the clock of a process alone on the cores also
+bills its thread pool's spinning while it waits (one measurement: ``small_enc4``'s probe epoch cost 35.9 s on the
+clock alone, 28.7 s beside another candidate, 60 s wall both times; ``small``'s epochs cost about the same, ~20 s,
+either way). ``--parallel 2`` trains two candidates at once, each in its own process and billed its own CPU time.
+One run of these small models keeps the 2 cores only ~60-80% busy, so two at a time raise the total throughput a
+little (5-17% on the Zen 5 host: a ``small`` epoch took 22-24 s wall alone, 41 s beside another candidate), and
+each run takes ~1.8x its lone wall time. Each result records ``trained_alongside``: an upper bound (the last of an
+odd number of candidates may finish alone).
 """
 
 from __future__ import annotations
