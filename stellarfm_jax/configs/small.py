@@ -20,7 +20,7 @@ Choices against the paper config, and why:
 - no dropout: at this size and length the model under-fits rather than over-fits.
 - micro-batches of 32 (the CPU speed option, same objective); no length buckets, because a bucket caps
   its rows' context and a template shows whole token groups. ~21-29 s per epoch on 2 idle cores, 250
-  epochs 1.8 h (Zen 5, 2026-12-02; the shipped model's TRAINING.md; a Zen 4 host ran ~50 s per epoch).
+  epochs 1.8 h (Zen 5, 2026-12-02; the shipped model's TRAINING.md; a Zen 4 host ran the recipe before it at ~50 s per epoch).
 """
 
 from stellarfm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
